@@ -1,0 +1,196 @@
+"""The method interface: what a method gets from the harness and what it must offer.
+
+A method owns its whole update (`step`) because methods train different sets of nets
+(a look-ahead discriminator, a reconstructor, an estimator). Devices, seeds, timing,
+evaluation, logging and checkpoints belong to the harness, never to a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from mcbench.errors import McbenchError
+from torch import nn
+
+
+@dataclass
+class Problem:
+    """Everything the common protocol hands to a method.
+
+    Network builders come from the protocol so every method is compared with the same
+    architectures; `rng` is the method's own seeded stream for noise.
+    """
+
+    data_shape: tuple[int, ...]
+    latent_dim: int
+    device: torch.device
+    rng: torch.Generator
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    batch_size: int
+    # Builders: generator(latent_dim) -> G; critic(in_shape=None, out_dim=1,
+    # extra_dim=0) -> D-like net, called net(x) or net(x, extra) when extra_dim > 0;
+    # encoder(in_shape=None, out_dim) -> net mapping data to a vector;
+    # mlp(in_dim, out_dim, hidden=None) -> MLP with the protocol's activation.
+    generator: Callable[..., nn.Module]
+    critic: Callable[..., nn.Module]
+    encoder: Callable[..., nn.Module]
+    mlp: Callable[..., nn.Module]
+    # Hidden widths of explicit density estimators (LBT's VAE): 2-D nets use the
+    # protocol's MLP widths; images use the paper's 1000-400 MLP.
+    estimator_hidden: tuple[int, ...] = (128, 128)
+    sample_real: Callable[[int], torch.Tensor] = field(repr=False, default=None)  # type: ignore[assignment]
+    family: str = "mixture2d"
+
+    @property
+    def data_dim(self) -> int:
+        n = 1
+        for s in self.data_shape:
+            n *= s
+        return n
+
+    def noise(
+        self, n: int, dim: int | None = None, rng: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Standard normal codes from the method's seeded stream (or from `rng`)."""
+        d = self.latent_dim if dim is None else dim
+        return torch.randn(n, d, generator=rng or self.rng, device=self.device)
+
+    def adam(self, params, lr: float, betas: tuple[float, float] | None = None):
+        """The protocol's optimiser, so methods never pick their own by accident."""
+        return torch.optim.Adam(params, lr=lr, betas=betas or self.betas)
+
+
+class Method:
+    """Base class of every method plugin.
+
+    Subclasses set `name`, a `Config` dataclass of hyperparameters (paper defaults) and
+    implement `step(real) -> losses` (one generator update, inner loops included) and
+    `sample(n)`. `presets` maps a preset name to config overrides; `aliases` maps an
+    extra registry name (e.g. ``pacgan2``) to overrides.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = None  # type: ignore[assignment]
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    aliases: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Where the defaults come from, shown in README's method table.
+    defaults_from: ClassVar[str] = ""
+
+    def __init__(self, problem: Problem, config: Any) -> None:
+        self.problem = problem
+        self.cfg = config
+
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One generator update on a real batch; returns detached scalar losses."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
+        """n generated samples (generator in eval mode); `rng` keeps evaluation from
+        consuming the training noise stream."""
+        g = self.generator_module()
+        was_training = g.training
+        g.eval()
+        out = g(self.problem.noise(n, rng=rng))
+        g.train(was_training)
+        return out
+
+    def generator_module(self) -> nn.Module:
+        """The net whose samples are evaluated; saved as the run's final generator."""
+        return self.G  # type: ignore[attr-defined]
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.optim.Optimizer)}
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"module.{k}": m.state_dict() for k, m in self.modules().items()}
+        out.update({f"optim.{k}": o.state_dict() for k, o in self.optimizers().items()})
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state[f"module.{k}"])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state[f"optim.{k}"])
+
+    # -- configuration -------------------------------------------------------------
+
+    @classmethod
+    def make_config(cls, overrides: Mapping[str, Any] | None = None) -> Any:
+        """Build the Config from defaults, an optional `preset`, then overrides.
+
+        Values are coerced to the field's declared type so that CLI strings work.
+        """
+        if cls.Config is None:
+            return None
+        overrides = dict(overrides or {})
+        preset = overrides.pop("preset", None)
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                raise McbenchError(
+                    f"method {cls.name!r} has no preset {preset!r}; "
+                    f"choices: {', '.join(sorted(cls.presets)) or 'none'}"
+                )
+            values.update(cls.presets[preset])
+        values.update(overrides)
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        for key in values:
+            if key not in fields:
+                raise McbenchError(
+                    f"method {cls.name!r} has no hyperparameter {key!r}; "
+                    f"choices: {', '.join(fields)}"
+                )
+        defaults = cls.Config()
+        coerced = {k: _coerce(cls.name, k, v, getattr(defaults, k)) for k, v in values.items()}
+        cfg = dataclasses.replace(defaults, **coerced)
+        check = getattr(cfg, "validate", None)
+        if check is not None:
+            check()
+        return cfg
+
+
+def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
+    if default is None or (isinstance(value, type(default)) and not isinstance(value, bool)):
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes"):
+                    return True
+                if value.lower() in ("0", "false", "no"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [float(v) for v in value.strip("()[]").split(",")]
+            return tuple(type(d)(v) for d, v in zip(default, value, strict=True))
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise McbenchError(
+            f"method {method!r}: hyperparameter {key}={value!r} is not a valid "
+            f"{type(default).__name__}"
+        ) from None
+
+
+def positive(method: str, **values: float) -> None:
+    """Shared range check for Config.validate: every named value must be > 0."""
+    for k, v in values.items():
+        if not v > 0:
+            raise McbenchError(f"method {method!r}: {k} must be > 0, got {v}")

@@ -1,0 +1,115 @@
+"""Differentiable optimiser steps, shared by every method that unrolls an inner net.
+
+Unrolled GAN (look-ahead discriminator) and LBT (look-ahead estimator) both need "take K
+steps of the inner net's own optimiser and differentiate the outer loss through them".
+Parameters travel as a dict (`torch.func.functional_call`), so no method copies
+parameter lists by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclass
+class AdamState:
+    """Adam's moments and step count, for a functional (differentiable) update."""
+
+    step: int
+    exp_avg: Params
+    exp_avg_sq: Params
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+
+    @classmethod
+    def from_optimizer(cls, module: nn.Module, opt: torch.optim.Adam) -> AdamState:
+        """Copy the live optimiser's moments, so the unroll continues where it stands.
+
+        Parameters the optimiser has not stepped yet start with zero moments, exactly as
+        `torch.optim.Adam` would.
+        """
+        group = opt.param_groups[0]
+        m: Params = {}
+        v: Params = {}
+        step = 0
+        for name, p in module.named_parameters():
+            st = opt.state.get(p, {})
+            if "exp_avg" in st:
+                m[name] = st["exp_avg"].detach().clone()
+                v[name] = st["exp_avg_sq"].detach().clone()
+                step = int(st["step"])
+            else:
+                m[name] = torch.zeros_like(p)
+                v[name] = torch.zeros_like(p)
+        return cls(step, m, v, group["lr"], tuple(group["betas"]), group["eps"])
+
+
+def adam_step(
+    params: Params, grads: Params, state: AdamState, differentiate_second_moment: bool = False
+) -> tuple[Params, AdamState]:
+    """One Adam update as a pure function of (params, grads, state).
+
+    The first moment is differentiated; the second is detached by default, as in the
+    LBT authors' code (its square-root makes second-order terms noisy and costly).
+    """
+    b1, b2 = state.betas
+    t = state.step + 1
+    new_p: Params = {}
+    new_m: Params = {}
+    new_v: Params = {}
+    bc1 = 1 - b1**t
+    bc2 = 1 - b2**t
+    for name, p in params.items():
+        g = grads[name]
+        m = b1 * state.exp_avg[name] + (1 - b1) * g
+        g2 = g if differentiate_second_moment else g.detach()
+        v = b2 * state.exp_avg_sq[name] + (1 - b2) * g2 * g2
+        denom = (v / bc2).sqrt() + state.eps
+        new_p[name] = p - state.lr * (m / bc1) / denom
+        new_m[name] = m
+        new_v[name] = v
+    return new_p, AdamState(t, new_m, new_v, state.lr, state.betas, state.eps)
+
+
+def sgd_step(params: Params, grads: Params, lr: float) -> Params:
+    """Plain gradient descent, for studies; diverges on sharply fitted VAEs (PROTOCOLS)."""
+    return {k: p - lr * grads[k] for k, p in params.items()}
+
+
+def unroll(
+    module: nn.Module,
+    loss_fn: Callable[[Callable[..., torch.Tensor]], torch.Tensor],
+    state: AdamState,
+    steps: int,
+    create_graph: bool = True,
+) -> Params:
+    """Take `steps` differentiable Adam steps of `module` on `loss_fn`; return params.
+
+    `loss_fn(f)` computes the inner loss where `f(*args)` calls `module` with the
+    current unrolled parameters. With `create_graph` the result is differentiable with
+    respect to anything `loss_fn` reads (generator samples, say) and to the start point.
+    """
+    params: Params = dict(module.named_parameters())
+    for _ in range(steps):
+        loss = loss_fn(bind(module, params))
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+        params, state = adam_step(params, dict(zip(names, grads, strict=True)), state)
+    return params
+
+
+def bind(module: nn.Module, params: Params) -> Callable[..., torch.Tensor]:
+    """`module` as a function of its inputs, evaluated with `params` in place of its own."""
+
+    def call(*args, **kwargs):
+        return functional_call(module, params, args, kwargs)
+
+    return call

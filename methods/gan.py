@@ -1,0 +1,50 @@
+"""GAN (Goodfellow et al., 2014) with the non-saturating generator loss.
+
+Per generator update:
+  1. for d_steps: update D to tell real from fake,  L_D = -log D(x) - log(1 - D(G(z)))
+  2. update G to fool D,                             L_G = -log D(G(z))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from mcbench.losses import d_loss, g_loss_nonsaturating
+from mcbench.method import Method, Problem, positive
+
+
+@dataclass
+class GANConfig:
+    d_steps: int = 1  # discriminator updates per generator update
+
+    def validate(self) -> None:
+        positive("gan", d_steps=self.d_steps)
+
+
+class GAN(Method):
+    name = "gan"
+    Config = GANConfig
+    defaults_from = "protocol (Goodfellow et al. give no 2-D settings)"
+
+    def __init__(self, problem: Problem, cfg: GANConfig) -> None:
+        super().__init__(problem, cfg)
+        self.G = problem.generator(problem.latent_dim)
+        self.D = problem.critic()
+        self.opt_g = problem.adam(self.G.parameters(), problem.lr_g)
+        self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
+
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = real.shape[0]
+        for _ in range(self.cfg.d_steps):
+            fake = self.G(self.problem.noise(n)).detach()
+            loss_d = d_loss(self.D(real), self.D(fake))
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+
+        loss_g = g_loss_nonsaturating(self.D(self.G(self.problem.noise(n))))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {"d": loss_d.detach(), "g": loss_g.detach()}
