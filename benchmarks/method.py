@@ -101,6 +101,11 @@ class Method:
         g.train(was_training)
         return out
 
+    def diagnostics(self) -> dict[str, float]:
+        """Extra curves recorded at each evaluation (e.g. LBT's ELBO on generated and
+        real data). Called by the harness outside the timed step; default none."""
+        return {}
+
     def generator_module(self) -> nn.Module:
         """The net whose samples are evaluated; saved as the run's final generator."""
         return self.G  # type: ignore[attr-defined]

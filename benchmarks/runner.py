@@ -147,6 +147,8 @@ def train(spec: RunSpec, device: torch.device | None = None) -> tuple[list[dict]
     interval_time = 0.0
     interval_steps = 0
     status = {"status": "ok", "failed_step": None, "reason": None}
+    final_samples = None
+    step = 0
 
     def record(step: int, metric: str, value: float) -> None:
         rows.append(
@@ -177,6 +179,9 @@ def train(spec: RunSpec, device: torch.device | None = None) -> tuple[list[dict]
                     raise Diverged(f"generated samples contain NaN or inf at step {step}")
                 for k, v in ds.evaluate(x).items():
                     record(step, k, v)
+                for k, v in method.diagnostics().items():
+                    record(step, k, float(v))
+                final_samples = x
     except Diverged as exc:
         status = {"status": "failed", "failed_step": step, "reason": str(exc)}
     except McbenchError:
@@ -189,6 +194,7 @@ def train(spec: RunSpec, device: torch.device | None = None) -> tuple[list[dict]
             "traceback": traceback.format_exc(),
         }
     status["train_time_s"] = train_time
+    status["final_samples"] = final_samples
     return rows, method, status
 
 
@@ -224,6 +230,7 @@ def run(
     config = {**spec.resolved(), "params": spec.params, "key": spec.key(), "run": spec.run_name()}
     t0 = time.perf_counter()
     rows, method, status = train(spec, device)
+    final_samples = status.pop("final_samples")
     config.update(status)
     config["wall_time_s"] = time.perf_counter() - t0
     config["environment"] = environment(device)
@@ -231,6 +238,8 @@ def run(
     stage = res.staging_dir(final)
     pd.DataFrame(rows, columns=res.COLUMNS).to_csv(stage / "metrics.csv", index=False)
     torch.save(method.generator_module().state_dict(), stage / "generator.pt")
+    if final_samples is not None:
+        get_dataset(spec.dataset).artifacts(final_samples, stage)
     res.write_json_atomic(stage / "config.json", config)
     res.publish(stage, final)
     return config

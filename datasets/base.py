@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,6 +27,11 @@ class Dataset:
     def evaluate(self, samples: np.ndarray | torch.Tensor) -> dict[str, float]:
         """Metrics of generated samples against this dataset."""
         raise NotImplementedError
+
+    def artifacts(self, samples: torch.Tensor, out_dir: Path) -> None:
+        """Files written beside a run's results from its final samples (image datasets
+        save a sample grid here). Default: nothing."""
+        return None
 
     def metrics(self) -> tuple[str, ...]:
         """Names of the keys `evaluate` returns."""
