@@ -130,10 +130,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from mcbench.report import load, markdown
+    from mcbench import report
 
-    text = markdown(load(Path(args.results_dir)))
-    print(text)
+    report.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("report", help="table of final metrics from a results folder")
-    s.add_argument("results_dir")
+    s = sub.add_parser("report", help="tables and figures from a results folder")
+    from mcbench import report
+
+    report.add_arguments(s)
     s.set_defaults(func=cmd_report)
     return p
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -75,3 +76,12 @@ def markdown(df: pd.DataFrame) -> str:
         "(KL(true || fitted) per mode) and reverse_kl (KL(gen || data) over modes): lower."
     )
     return "\n".join(lines).lstrip("\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `mcbench report` (the CLI delegates the whole command here)."""
+    parser.add_argument("results_dir")
+
+
+def run(args: argparse.Namespace) -> None:
+    print(markdown(load(Path(args.results_dir))))
