@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from mcbench.errors import McbenchError
 from torch import nn
+
+from mcbench.errors import McbenchError
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from mcbench.datasets.base import Dataset
 from mcbench.errors import McbenchError
 from mcbench.method import Problem

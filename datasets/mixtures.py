@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
 from mcbench.datasets.base import Dataset
 from mcbench.metrics.mixtures import MIXTURE_METRICS, mixture_metrics
 

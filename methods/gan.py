@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from mcbench.losses import d_loss, g_loss_nonsaturating
 from mcbench.method import Method, Problem, positive
 

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import torch
+
 from mcbench.errors import McbenchError
 
 MIXTURE_METRICS: tuple[str, ...] = (

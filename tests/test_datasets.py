@@ -45,5 +45,5 @@ def test_sampling_is_seeded_and_matches_the_mixture(name):
 
 
 def test_unknown_dataset_names_the_choices():
-    with pytest.raises(McbenchError, match="choices: .*ring"):
+    with pytest.raises(McbenchError, match=r"choices: .*ring"):
         get_dataset("rings")

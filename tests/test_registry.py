@@ -85,7 +85,7 @@ def test_entry_point_plugin_is_found(tmp_path, monkeypatch, fresh_registry):
 
 def test_selectors_and_unknown_names(fresh_registry):
     assert registry.parse_selector("pacgan[m=3, preset=x]") == ("pacgan", {"m": "3", "preset": "x"})
-    with pytest.raises(McbenchError, match="unknown method 'nope'; choices: .*gan"):
+    with pytest.raises(McbenchError, match=r"unknown method 'nope'; choices: .*gan"):
         registry.get_method("nope")
     with pytest.raises(McbenchError, match="malformed"):
         registry.parse_selector("gan[m]")
