@@ -90,19 +90,24 @@ def unroll(
     state: AdamState,
     steps: int,
     create_graph: bool = True,
+    differentiate_second_moment: bool = False,
 ) -> Params:
     """Take `steps` differentiable Adam steps of `module` on `loss_fn`; return params.
 
     `loss_fn(f)` computes the inner loss where `f(*args)` calls `module` with the
     current unrolled parameters. With `create_graph` the result is differentiable with
     respect to anything `loss_fn` reads (generator samples, say) and to the start point.
+    `differentiate_second_moment` is passed to `adam_step`: True gives the exact
+    derivative of the unrolled result (Unrolled GAN differentiates the whole Adam update).
     """
     params: Params = dict(module.named_parameters())
     for _ in range(steps):
         loss = loss_fn(bind(module, params))
         names = list(params)
         grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-        params, state = adam_step(params, dict(zip(names, grads, strict=True)), state)
+        params, state = adam_step(
+            params, dict(zip(names, grads, strict=True)), state, differentiate_second_moment
+        )
     return params
 
 

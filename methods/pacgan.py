@@ -1,0 +1,84 @@
+"""PacGAN (Lin et al., 2018): the discriminator judges m samples at once.
+
+Per generator update, on a batch of n real samples:
+  1. pack: the first (n // m) * m samples become n // m packs of m samples each,
+     concatenated along the first data dimension (coordinates of 2-D points, channels of
+     images); a pack is all real or all generated. When m does not divide n, the last
+     n mod m real samples are left out, and G draws exactly (n // m) * m samples, so D
+     and G see the same number of samples per side (510 of 512 for m = 3);
+  2. update D on packs,  L_D = -log D(pack(x)) - log(1 - D(pack(G(z))));
+  3. update G,           L_G = -log D(pack(G(z))).
+Nothing else changes from the GAN: only D's input layer is m times wider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from mcbench.errors import McbenchError
+from mcbench.losses import d_loss, g_loss_nonsaturating
+from mcbench.method import Method, Problem, positive
+
+
+def pack(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(n, C, ...) -> (n // m, m * C, ...): consecutive groups of m samples, concatenated
+    along dimension 1; the last n mod m samples are dropped."""
+    k = x.shape[0] // m
+    return x[: k * m].reshape(k, m * x.shape[1], *x.shape[2:])
+
+
+@dataclass
+class PacGANConfig:
+    m: int = 2  # samples per pack (the paper studies 2, 3 and 4)
+    d_steps: int = 1  # discriminator updates per generator update
+
+    def validate(self) -> None:
+        positive("pacgan", m=self.m, d_steps=self.d_steps)
+
+
+class PacGAN(Method):
+    name = "pacgan"
+    Config = PacGANConfig
+    aliases: ClassVar[dict[str, dict[str, Any]]] = {
+        "pacgan2": {"m": 2},
+        "pacgan3": {"m": 3},
+        "pacgan4": {"m": 4},
+    }
+    defaults_from = (
+        "paper (m = 2, 3, 4; only D's input changes); nets, Adam and batch from the "
+        "protocol (PacGAN's own 2-D nets and Adam differ)"
+    )
+
+    def __init__(self, problem: Problem, cfg: PacGANConfig) -> None:
+        super().__init__(problem, cfg)
+        if problem.batch_size < cfg.m:
+            raise McbenchError(
+                f"method 'pacgan': batch size {problem.batch_size} is smaller than m={cfg.m}"
+            )
+        first, *rest = problem.data_shape
+        self.G = problem.generator(problem.latent_dim)
+        self.D = problem.critic(in_shape=(cfg.m * first, *rest))
+        self.opt_g = problem.adam(self.G.parameters(), problem.lr_g)
+        self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
+
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        m = self.cfg.m
+        n = (real.shape[0] // m) * m  # samples per side that fill whole packs
+        if n == 0:
+            raise McbenchError(f"method 'pacgan': batch of {real.shape[0]} < m={m}")
+        real_packs = pack(real, m)
+        for _ in range(self.cfg.d_steps):
+            fake = self.G(self.problem.noise(n)).detach()
+            loss_d = d_loss(self.D(real_packs), self.D(pack(fake, m)))
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+
+        loss_g = g_loss_nonsaturating(self.D(pack(self.G(self.problem.noise(n)), m)))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return {"d": loss_d.detach(), "g": loss_g.detach()}

@@ -1,0 +1,96 @@
+"""Unrolled GAN (Metz et al., 2016): the generator plays against a look-ahead discriminator.
+
+Per generator update, on one batch (real x, fake G(z)), with the saddle objective
+f(G, theta_D) = L_D = -log D(x) - log(1 - D(G(z))) written as the discriminator's loss:
+  1. theta_D^K = K Adam steps of D on L_D, taken differentiably from D's current weights
+     and its live optimiser's moments; theta_D^K is a function of G through G(z);
+  2. G descends  L_G = -L_D(G, theta_D^K)  (minimax form, as in the paper and its 2-D
+     demo; its real-data term reaches G through theta_D^K), differentiated through the
+     K steps, Adam's second moment included (the demo differentiates the whole update);
+  3. D takes its ordinary Adam step on L_D from its current weights. Steps 2 and 3 start
+     from the same D, the paper's simultaneous update rule.
+With K = 0 this is the plain GAN. `g_loss="nonsaturating"` uses -log D_K(G(z)) instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mcbench.errors import McbenchError
+from mcbench.losses import d_loss, g_loss_nonsaturating
+from mcbench.method import Method, Problem
+from mcbench.unroll import AdamState, bind, unroll
+
+G_LOSSES = ("minimax", "nonsaturating")
+
+
+@dataclass
+class UnrolledGANConfig:
+    K: int = 5  # unrolled discriminator steps (Metz et al.'s 2-D demo)
+    g_loss: str = "minimax"  # "minimax": -L_D at theta_D^K (paper); or "nonsaturating"
+    # Differentiate Adam's second moment through the unroll (exact derivative, as the
+    # demo's graph rewrite does); False detaches it, as the LBT authors' code does.
+    second_moment_grad: bool = True
+
+    def validate(self) -> None:
+        if self.K < 0:
+            raise McbenchError(f"method 'unrolled-gan': K must be >= 0, got {self.K}")
+        if self.g_loss not in G_LOSSES:
+            raise McbenchError(
+                f"method 'unrolled-gan': g_loss must be one of {', '.join(G_LOSSES)}, "
+                f"got {self.g_loss!r}"
+            )
+
+
+class UnrolledGAN(Method):
+    name = "unrolled-gan"
+    Config = UnrolledGANConfig
+    defaults_from = (
+        "paper's 2-D demo (K = 5, minimax G loss, Adam unrolled with moments); "
+        "nets and Adam settings from the protocol, which match the demo"
+    )
+
+    def __init__(self, problem: Problem, cfg: UnrolledGANConfig) -> None:
+        super().__init__(problem, cfg)
+        self.G = problem.generator(problem.latent_dim)
+        self.D = problem.critic()
+        self.opt_g = problem.adam(self.G.parameters(), problem.lr_g)
+        self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
+
+    def generator_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """The generator's objective at the look-ahead discriminator theta_D^K.
+
+        Differentiable with respect to G (through `fake`, also inside the unroll); D's
+        own weights and optimiser are left untouched.
+        """
+        state = AdamState.from_optimizer(self.D, self.opt_d)
+        params = unroll(
+            self.D,
+            lambda d: d_loss(d(real), d(fake)),
+            state,
+            self.cfg.K,
+            create_graph=True,
+            differentiate_second_moment=self.cfg.second_moment_grad,
+        )
+        d_k = bind(self.D, params)
+        if self.cfg.g_loss == "minimax":
+            return -d_loss(d_k(real), d_k(fake))
+        return g_loss_nonsaturating(d_k(fake))
+
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        fake = self.G(self.problem.noise(real.shape[0]))
+
+        # 1-2. generator gradient through K look-ahead steps of D (only G's grads kept)
+        loss_g = self.generator_loss(real, fake)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward(inputs=list(self.G.parameters()))
+
+        # 3. the discriminator's ordinary step, from the same starting point
+        loss_d = d_loss(self.D(real), self.D(fake.detach()))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        self.opt_g.step()
+        return {"d": loss_d.detach(), "g": loss_g.detach()}
