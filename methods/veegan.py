@@ -45,7 +45,10 @@ class VEEGAN(Method):
         self.G = problem.generator(problem.latent_dim)
         self.F = problem.encoder(out_dim=problem.latent_dim)
         self.D = problem.critic(extra_dim=problem.latent_dim)
-        self.opt_gf = problem.adam([*self.G.parameters(), *self.F.parameters()], problem.lr_g)
+        # G and F descend the same objective at the generator's lr; two Adams are one
+        # Adam per parameter, kept apart so F can be trained alone (tests).
+        self.opt_g = problem.adam(self.G.parameters(), problem.lr_g)
+        self.opt_f = problem.adam(self.F.parameters(), problem.lr_g)
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
     def reconstruction(self, z: torch.Tensor, fake: torch.Tensor | None = None) -> torch.Tensor:
@@ -69,9 +72,11 @@ class VEEGAN(Method):
         logit = self.D(fake, z).mean()
         recon = self.reconstruction(z, fake)
         loss_gf = logit + self.cfg.recon_weight * recon
-        self.opt_gf.zero_grad(set_to_none=True)
-        loss_gf.backward(inputs=self.opt_gf.param_groups[0]["params"])
-        self.opt_gf.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_f.zero_grad(set_to_none=True)
+        loss_gf.backward(inputs=[*self.G.parameters(), *self.F.parameters()])
+        self.opt_g.step()
+        self.opt_f.step()
         return {
             "d": loss_d.detach(),
             "g": loss_gf.detach(),
