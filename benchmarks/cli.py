@@ -1,4 +1,4 @@
-"""`mcbench` command line: list, run, evaluate, report.
+"""`mcbench` command line: list, run, status, evaluate, report.
 
 Every user mistake ends in one line on stderr and exit status 2; results already written
 stay where they are.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from mcbench.errors import McbenchError
 
 
@@ -62,9 +63,30 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"  {n:<14} {desc}")
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (checked before anything is imported or run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {value}")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from mcbench.report import load, markdown
-    from mcbench.suite import load_suite, run_specs
+    from mcbench.suite import build_suite, load_suite, run_specs
 
     budget = {"steps": args.steps, "eval_every": args.eval_every, "eval_samples": args.eval_samples}
     if args.suite:
@@ -84,16 +106,57 @@ def cmd_run(args: argparse.Namespace) -> None:
             "datasets": args.dataset,
             "seeds": args.seeds or [0],
             "steps": args.steps or 2000,
-            "eval_every": args.eval_every or 500,
+            "eval_every": args.eval_every or min(500, args.steps or 2000),
             "eval_samples": args.eval_samples or 100_000,
         }
-        from mcbench.suite import build_suite
-
         suite = build_suite("adhoc", raw)
         out = Path(args.out or "results/adhoc")
+    if out.exists() and not out.is_dir():
+        raise McbenchError(f"--out {out} exists and is not a folder")
     print(f"mcbench: {len(suite.specs)} runs of suite {suite.name!r} -> {out}", file=sys.stderr)
-    run_specs(suite.specs, out, jobs=args.jobs, device=args.device, progress=not args.no_progress)
+    outcomes = run_specs(
+        suite.specs,
+        out,
+        jobs=args.jobs,
+        device=args.device,
+        progress=not args.no_progress,
+        scheduler=args.scheduler,
+        threads=args.threads,
+        checkpoint_every=args.checkpoint_every or suite.checkpoint_every,
+        retry_failed=args.retry_failed,
+        verbose=args.verbose,
+    )
+    count = {
+        s: sum(o["status"] == s and not o.get("skipped") for o in outcomes)
+        for s in ("ok", "failed", "error", "busy")
+    }
+    skipped = sum(bool(o.get("skipped")) and o["status"] != "busy" for o in outcomes)
+    print(
+        f"mcbench: {count['ok']} ok, {count['failed']} failed, {skipped} finished earlier"
+        + (f", {count['busy']} being run by another process" if count["busy"] else "")
+        + (f", {count['error']} could not run" if count["error"] else ""),
+        file=sys.stderr,
+    )
+    for o in outcomes:
+        if o["status"] in ("failed", "error") and not o.get("skipped"):
+            print(f"mcbench: {o['status']}: {o['run']}: {o.get('reason')}", file=sys.stderr)
     print(markdown(load(out)))
+    if count["error"]:
+        raise RunsFailed(f"{count['error']} run(s) could not run; re-run to retry them")
+
+
+class RunsFailed(Exception):
+    """Some runs hit a harness error (not a method failure): exit status 1."""
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from mcbench.progress import format_status, status
+
+    st = status(Path(args.results_dir))
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        print(format_status(st))
 
 
 def read_samples(path: str) -> np.ndarray:
@@ -152,15 +215,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="method selector, e.g. gan or pacgan[m=3] (repeatable)",
     )
     s.add_argument("--dataset", "-d", action="append", help="dataset name (repeatable)")
-    s.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the suite's, or 0)")
-    s.add_argument("--steps", type=int, help="generator updates per run")
-    s.add_argument("--eval-every", type=int, help="evaluate every N generator updates")
-    s.add_argument("--eval-samples", type=int, help="samples per evaluation")
-    s.add_argument("--jobs", "-j", type=int, default=1, help="parallel runs (joblib)")
+    s.add_argument("--seeds", type=_seed, nargs="+", help="seeds (default: the suite's, or 0)")
+    s.add_argument("--steps", type=_positive, help="generator updates per run")
+    s.add_argument("--eval-every", type=_positive, help="evaluate every N generator updates")
+    s.add_argument("--eval-samples", type=_positive, help="samples per evaluation")
+    s.add_argument(
+        "--checkpoint-every",
+        type=_positive,
+        help="checkpoint every N steps (default: the suite's, else at each evaluation)",
+    )
+    s.add_argument("--jobs", "-j", type=_positive, default=1, help="parallel runs (joblib)")
+    s.add_argument(
+        "--scheduler",
+        help="Dask scheduler address (tcp://host:8786): runs go to its workers; "
+        "--out must be on a filesystem they share",
+    )
+    s.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="torch threads per run (default 1: runs in parallel, stable timings)",
+    )
     s.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
     s.add_argument("--out", "-o", help="results folder (default: results/<suite>)")
+    s.add_argument(
+        "--retry-failed", action="store_true", help="train failed runs again (default: kept)"
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--verbose", "-v", action="store_true", help="a line per run at each evaluation")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="finished, failed and running runs of a results folder")
+    s.add_argument("results_dir")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("evaluate", help="metrics of samples (.npy/.npz/.csv) against a dataset")
     s.add_argument("dataset")
@@ -183,8 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     except McbenchError as exc:
         print(f"mcbench: error: {exc}", file=sys.stderr)
         return 2
+    except RunsFailed as exc:
+        print(f"mcbench: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("mcbench: interrupted; finished runs are kept", file=sys.stderr)
+        print(
+            "mcbench: interrupted; finished runs and checkpoints are kept: run the same "
+            "command again to continue",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -128,6 +128,34 @@ class Method:
         for k, o in self.optimizers().items():
             o.load_state_dict(state[f"optim.{k}"])
 
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond state_dict(): by default the method's own
+        torch.Generator streams, tensors and plain numbers (counters) held as attributes.
+        Override (with load_extra_state) for anything else, e.g. a list of tensors."""
+        out: dict[str, Any] = {}
+        for k, v in vars(self).items():
+            if isinstance(v, torch.Generator):
+                out[f"rng.{k}"] = v.get_state()
+            elif isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
+                out[f"tensor.{k}"] = v.detach().clone()
+            elif isinstance(v, (int, float)):
+                out[f"number.{k}"] = v
+        return out
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        for key, v in state.items():
+            kind, name = key.split(".", 1)
+            if kind == "rng":
+                getattr(self, name).set_state(v)
+            elif kind == "tensor":
+                current = getattr(self, name)
+                if current.shape == v.shape:
+                    current.copy_(v)
+                else:
+                    setattr(self, name, v.to(current.device))
+            else:
+                setattr(self, name, v)
+
     # -- configuration -------------------------------------------------------------
 
     @classmethod

@@ -3,52 +3,173 @@
 Layout of a results directory::
 
     RESULTS_DIR/
-      results.csv                 all runs' metric rows (pandas reads it in one line)
+      results.csv                 all runs' metric rows (pandas reads it in one line);
+                                  rebuilt by the parent process only
       runs/<method>-<dataset>-s<seed>-<key>/
-        config.json               the run's full configuration, status and environment
+        config.json               the run's full configuration, status, environment and
+                                  the sha256 of its other files (written last)
         metrics.csv               tidy rows: method,dataset,seed,step,metric,value,wall_time
         generator.pt              the final generator's state_dict
+      runs/.<run name>.partial/   a run in progress, trained by one process at a time
+        checkpoint.pt             last checkpoint (payload + sha256 trailer)
+        progress.json             step, latest metrics, host and pid
+      runs/.<run name>.lock       held (flock) by the process training the run
+
+Every file is written to a temporary name and renamed into place, so a reader sees the
+old file or the new one, never half of one; a file that fails its checksum anyway (a
+truncated copy, a damaged disk) makes the run count as unfinished, so it is redone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 COLUMNS = ["method", "dataset", "seed", "step", "metric", "value", "wall_time"]
+CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"
+# Files of a finished run whose checksums config.json records.
+CHECKED_FILES = ("metrics.csv", "generator.pt")
+_MAGIC = b"MCBENCH-SHA256:"
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write then rename: readers never see a partial file; fsync so it survives a crash."""
+    tmp = _tmp(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    write_bytes_atomic(path, text.encode())
 
 
 def write_csv_atomic(path: Path, df: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, df.to_csv(index=False).encode())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checked(path: Path, obj: Any) -> None:
+    """torch.save `obj` with a sha256 trailer, atomically (checkpoints)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    write_bytes_atomic(path, payload + _MAGIC + hashlib.sha256(payload).digest())
+
+
+def load_checked(path: Path) -> Any:
+    """Load a file written by `save_checked`; ValueError if truncated or corrupt."""
+    import torch
+
+    data = Path(path).read_bytes()
+    n = len(_MAGIC) + 32
+    if len(data) < n or data[-n:-32] != _MAGIC:
+        raise ValueError(f"{path}: no checksum trailer (truncated?)")
+    payload, digest = data[:-n], data[-32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise ValueError(f"{path}: checksum mismatch (corrupt)")
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
 
 
 def staging_dir(final: Path) -> Path:
-    """A private folder beside `final`; `publish` renames it into place in one step."""
+    """A fresh private folder beside `final` (random name); see `partial_dir` for the
+    per-run one that survives a crash."""
     final.parent.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     path.chmod(0o755)
     return path
 
 
+def partial_dir(final: Path) -> Path:
+    """The run's staging folder, named after the run (and so its key): a re-run of the
+    same configuration finds its checkpoint here."""
+    return final.parent / f".{final.name}.partial"
+
+
 def publish(staging: Path, final: Path) -> None:
-    """Make a run folder appear atomically (a re-run replaces an older failed one)."""
+    """Make a run folder appear in one rename (a re-run replaces an older failed one)."""
     if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+        trash = final.parent / f".{final.name}.old.{os.getpid()}"
+        os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def lock_path(final: Path) -> Path:
+    """The run's lock file; it stays after publishing so that a late process trying the
+    same run locks the same file and then finds the run finished."""
+    return final.parent / f".{final.name}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(path: Path) -> Iterator[bool]:
+    """Exclusive, non-blocking lock on a run (flock: released when its process dies, even
+    by SIGKILL). Yields False when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking
+        yield True
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds a run's lock (what `mcbench status` shows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def run_dirs(results_dir: Path) -> list[Path]:
@@ -58,21 +179,72 @@ def run_dirs(results_dir: Path) -> list[Path]:
     return sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def partial_dirs(results_dir: Path) -> list[Path]:
+    runs = Path(results_dir) / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(p for p in runs.glob(".*.partial") if p.is_dir())
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "config.json").read_text())
 
 
+def verify_run(run_dir: Path, files: tuple[str, ...] = CHECKED_FILES) -> dict[str, Any] | None:
+    """The run's config if it is complete and `files` match their recorded checksums;
+    None for anything truncated, corrupt or unfinished."""
+    try:
+        cfg = read_config(run_dir)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict) or not cfg.get("complete"):
+        return None
+    sums = cfg.get("files", {})
+    for name in files:
+        try:
+            if name not in sums or sha256_file(run_dir / name) != sums[name]:
+                return None
+        except OSError:
+            return None
+    return cfg
+
+
 def collect(results_dir: Path) -> pd.DataFrame:
-    """All runs' metric rows with their run name and status, from the run folders."""
+    """All runs' metric rows with their run name and status, from the run folders.
+
+    A failed run adds a row ``failed_at_step`` (its value: the step it failed at), so it
+    is counted even when it failed before its first evaluation. A folder whose
+    metrics.csv does not match the checksum in its config.json is left
+    out (folders written before checksums existed, without "files", are read as is).
+    """
     frames = []
     for d in run_dirs(results_dir):
         try:
             cfg = read_config(d)
+            sums = cfg.get("files")
+            if sums is not None and sha256_file(d / "metrics.csv") != sums.get("metrics.csv"):
+                continue
             df = pd.read_csv(d / "metrics.csv")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             continue  # a foreign or damaged folder is not a finished run
+        status = cfg.get("status", "unknown")
+        if status == "failed":  # so a run that failed before any evaluation still counts
+            row = {k: cfg.get(k) for k in ("method", "dataset", "seed")}
+            step = cfg.get("failed_step") or 0
+            fail = pd.DataFrame(
+                [
+                    {
+                        **row,
+                        "step": step,
+                        "metric": "failed_at_step",
+                        "value": float(step),
+                        "wall_time": cfg.get("train_time_s"),
+                    }
+                ]
+            )
+            df = fail if df.empty else pd.concat([df, fail], ignore_index=True)
         df["run"] = d.name
-        df["status"] = cfg.get("status", "unknown")
+        df["status"] = status
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=[*COLUMNS, "run", "status"])

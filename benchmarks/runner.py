@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import math
+import os
 import platform
+import random
+import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mcbench
+import numpy as np
 import pandas as pd
 import torch
+
+import mcbench
 from mcbench import results as res
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
@@ -83,7 +89,11 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 
 class Diverged(Exception):
-    """A loss or the generator's samples became NaN or inf."""
+    """A loss or the generator's samples became NaN or inf (at `step`)."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def _sync(device: torch.device) -> None:
@@ -136,54 +146,162 @@ def load_method(run_dir: Path, device: torch.device | None = None) -> Any:
     return method
 
 
-def train(spec: RunSpec, device: torch.device | None = None) -> tuple[list[dict], Any, dict]:
-    """Train one run in memory; returns (metric rows, method, status info)."""
+def _host_state(device: torch.device) -> dict[str, Any]:
+    """Global RNG states a method or dataset may draw from without a generator."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": _numpy_state_out(np.random.get_state()),
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _numpy_state_out(st: tuple) -> list:
+    return [st[0], torch.from_numpy(np.asarray(st[1], dtype=np.int64)), *st[2:]]
+
+
+def _set_host_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@dataclass
+class _Progress:
+    """What a run has done so far; saved in each checkpoint with the method's state."""
+
+    step: int = 0
+    rows: list[dict] = field(default_factory=list)
+    train_time: float = 0.0
+    interval_time: float = 0.0
+    interval_steps: int = 0
+    resumed_from: list[int] = field(default_factory=list)
+
+
+def _save_checkpoint(path: Path, spec: RunSpec, method, data_rng, device, prog: _Progress):
+    res.save_checked(
+        path,
+        {
+            "key": spec.key(),
+            "progress": dataclasses.asdict(prog),
+            "method": method.state_dict(),
+            "method_extra": method.extra_state(),
+            "rng_method": method.problem.rng.get_state(),
+            "rng_data": data_rng.get_state(),
+            "rng_host": _host_state(device),
+        },
+    )
+
+
+def _load_checkpoint(path: Path, spec: RunSpec, method, data_rng, device) -> _Progress:
+    ck = res.load_checked(path)
+    if ck["key"] != spec.key():
+        raise ValueError(f"{path} belongs to another configuration")
+    method.load_state_dict(ck["method"])
+    method.load_extra_state(ck["method_extra"])
+    method.problem.rng.set_state(ck["rng_method"])
+    data_rng.set_state(ck["rng_data"])
+    _set_host_state(ck["rng_host"], device)
+    return _Progress(**ck["progress"])
+
+
+def _log(msg: str) -> None:
+    print(f"mcbench: {msg}", file=sys.stderr, flush=True)
+
+
+def train(
+    spec: RunSpec,
+    device: torch.device | None = None,
+    *,
+    checkpoint: Path | None = None,
+    checkpoint_every: int | None = None,
+    progress: Path | None = None,
+    verbose: bool = False,
+) -> tuple[list[dict], Any, dict]:
+    """Train one run; returns (metric rows, method, status info).
+
+    With `checkpoint`, training resumes from that file when it holds a valid checkpoint
+    of this configuration and writes one every `checkpoint_every` steps (default: at
+    each evaluation), so a killed run continues where it was and ends with the same
+    numbers. `progress` gets a small JSON of the latest step and metrics.
+    """
     device = device or default_device()
+    every = checkpoint_every or spec.eval_every
     method, ds, data_rng = build(spec, device)
+    prog = _Progress()
+    if checkpoint is not None and checkpoint.exists():
+        try:
+            prog = _load_checkpoint(checkpoint, spec, method, data_rng, device)
+            prog.resumed_from.append(prog.step)
+            if verbose:
+                _log(f"{spec.run_name()} resumes at step {prog.step}")
+        except Exception as exc:  # damaged or foreign: start over, never half-load
+            _log(f"{spec.run_name()}: ignoring checkpoint ({type(exc).__name__}: {exc})")
+            method, ds, data_rng = build(spec, device)
+            prog = _Progress()
     batch_size = method.problem.batch_size
-    rows: list[dict] = []
     base = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed}
-    train_time = 0.0
-    interval_time = 0.0
-    interval_steps = 0
-    status = {"status": "ok", "failed_step": None, "reason": None}
+    status: dict[str, Any] = {"status": "ok", "failed_step": None, "reason": None}
     final_samples = None
-    step = 0
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: all losses finite
+    step = prog.step
 
     def record(step: int, metric: str, value: float) -> None:
-        rows.append(
-            {**base, "step": step, "metric": metric, "value": value, "wall_time": train_time}
+        prog.rows.append(
+            {**base, "step": step, "metric": metric, "value": value, "wall_time": prog.train_time}
         )
 
     try:
-        for step in range(1, spec.steps + 1):
+        for step in range(prog.step + 1, spec.steps + 1):
             real = ds.sample(batch_size, data_rng, device)
             t0 = time.perf_counter()
             losses = method.step(real)
             _sync(device)
             dt = time.perf_counter() - t0
-            train_time += dt
-            interval_time += dt
-            interval_steps += 1
-            if step % spec.eval_every == 0 or step == spec.steps:
+            prog.train_time += dt
+            prog.interval_time += dt
+            prog.interval_steps += 1
+            if losses:  # flag the first non-finite loss on the device: no host sync
+                vals = torch.stack(
+                    [torch.as_tensor(v).detach().float().sum() for v in losses.values()]
+                )
+                hit = ~torch.isfinite(vals).all() & (first_bad == 0)
+                first_bad = torch.where(hit, step, first_bad)
+            evaluate = step % spec.eval_every == 0 or step == spec.steps
+            save = checkpoint is not None and step % every == 0 and step < spec.steps
+            if (evaluate or save) and int(first_bad):
+                raise Diverged(f"a loss is NaN or inf at step {int(first_bad)}", int(first_bad))
+            if evaluate:
                 for k, v in losses.items():
-                    value = float(v)
-                    if not math.isfinite(value):
-                        raise Diverged(f"loss {k} is {value} at step {step}")
-                    record(step, f"loss_{k}", value)
-                record(step, "step_time_ms", 1000 * interval_time / interval_steps)
-                interval_time, interval_steps = 0.0, 0
+                    record(step, f"loss_{k}", float(v))
+                record(step, "step_time_ms", 1000 * prog.interval_time / prog.interval_steps)
+                prog.interval_time, prog.interval_steps = 0.0, 0
                 eval_rng = _generator(device, derive_seed(spec.seed, f"eval{step}"))
                 x = generate(method, spec.eval_samples, eval_rng)
                 if not torch.isfinite(x).all():
-                    raise Diverged(f"generated samples contain NaN or inf at step {step}")
+                    raise Diverged(f"generated samples contain NaN or inf at step {step}", step)
                 for k, v in ds.evaluate(x).items():
                     record(step, k, v)
                 for k, v in method.diagnostics().items():
                     record(step, k, float(v))
                 final_samples = x
+                latest = {r["metric"]: r["value"] for r in prog.rows if r["step"] == step}
+                if progress is not None:
+                    report_progress(progress, spec, step, latest, prog.train_time)
+                if verbose:
+                    shown = " ".join(f"{k}={v:.4g}" for k, v in latest.items())
+                    _log(f"{spec.run_name()} step {step}/{spec.steps} {shown}")
+            if save:
+                prog.step = step
+                _save_checkpoint(checkpoint, spec, method, data_rng, device, prog)
     except Diverged as exc:
-        status = {"status": "failed", "failed_step": step, "reason": str(exc)}
+        status = {"status": "failed", "failed_step": exc.step, "reason": str(exc)}
     except McbenchError:
         raise
     except Exception as exc:  # a method bug must not take the suite down with it
@@ -193,9 +311,29 @@ def train(spec: RunSpec, device: torch.device | None = None) -> tuple[list[dict]
             "reason": f"{type(exc).__name__}: {exc}",
             "traceback": traceback.format_exc(),
         }
-    status["train_time_s"] = train_time
+    status["train_time_s"] = prog.train_time
+    status["resumed_from"] = prog.resumed_from
     status["final_samples"] = final_samples
-    return rows, method, status
+    return prog.rows, method, status
+
+
+def report_progress(
+    path: Path, spec: RunSpec, step: int, latest: dict[str, float], train_time: float
+) -> None:
+    """progress.json of a running run, read by `mcbench status`."""
+    res.write_json_atomic(
+        path,
+        {
+            "run": spec.run_name(),
+            "step": step,
+            "steps": spec.steps,
+            "metrics": latest,
+            "train_time_s": train_time,
+            "updated": time.time(),
+            "host": platform.node(),
+            "pid": os.getpid(),
+        },
+    )
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -204,6 +342,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "host": platform.node(),
+        "pid": os.getpid(),
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
@@ -214,32 +354,85 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def finished(final: Path, retry_failed: bool = False) -> dict[str, Any] | None:
+    """The config of a published run that needs no work: complete, its files intact,
+    and ok (or failed, unless `retry_failed`)."""
+    cfg = res.verify_run(final)
+    if cfg is None:
+        return None
+    if cfg.get("status") == "ok" or (cfg.get("status") == "failed" and not retry_failed):
+        return cfg
+    return None
+
+
 def run(
-    spec: RunSpec, results_dir: Path, device: torch.device | None = None, force: bool = False
+    spec: RunSpec,
+    results_dir: Path,
+    device: torch.device | None = None,
+    force: bool = False,
+    *,
+    checkpoint_every: int | None = None,
+    retry_failed: bool = False,
+    verbose: bool = False,
 ) -> dict[str, Any]:
-    """Train `spec` unless its folder already holds a finished run; publish atomically."""
+    """Train `spec` unless its folder already holds a finished run; publish atomically.
+
+    The run trains in RESULTS_DIR/runs/.<run>.partial (its checkpoint and progress live
+    there), under a lock so that no two processes train it at once; the finished folder
+    appears in one rename and the checkpoint goes with the staging folder.
+    """
     device = device or default_device()
     final = Path(results_dir) / "runs" / spec.run_name()
-    if not force and (final / "config.json").exists():
-        try:
-            done = res.read_config(final)
-            if done.get("status") == "ok":
-                return {**done, "skipped": True}
-        except (OSError, ValueError):
-            pass  # unreadable: train again
-    config = {**spec.resolved(), "params": spec.params, "key": spec.key(), "run": spec.run_name()}
-    t0 = time.perf_counter()
-    rows, method, status = train(spec, device)
-    final_samples = status.pop("final_samples")
-    config.update(status)
-    config["wall_time_s"] = time.perf_counter() - t0
-    config["environment"] = environment(device)
-    config["dataset_info"] = get_dataset(spec.dataset).info()
-    stage = res.staging_dir(final)
-    pd.DataFrame(rows, columns=res.COLUMNS).to_csv(stage / "metrics.csv", index=False)
-    torch.save(method.generator_module().state_dict(), stage / "generator.pt")
-    if final_samples is not None:
-        get_dataset(spec.dataset).artifacts(final_samples, stage)
-    res.write_json_atomic(stage / "config.json", config)
-    res.publish(stage, final)
+    if not force and (done := finished(final, retry_failed)) is not None:
+        return {**done, "skipped": True}
+    partial = res.partial_dir(final)
+    with res.run_lock(res.lock_path(final)) as mine:
+        if not mine:
+            return {
+                "run": spec.run_name(),
+                "status": "busy",
+                "skipped": True,
+                "reason": "another process is training this run",
+            }
+        if not force and (done := finished(final, retry_failed)) is not None:
+            return {**done, "skipped": True}  # published while we waited
+        ckpt = partial / res.CHECKPOINT
+        if partial.exists() and not ckpt.exists():
+            shutil.rmtree(partial)  # leftovers of an interrupted publish: start over
+        partial.mkdir(parents=True, exist_ok=True)
+        config = {
+            **spec.resolved(),
+            "params": spec.params,
+            "key": spec.key(),
+            "run": spec.run_name(),
+        }
+        t0 = time.perf_counter()
+        rows, method, status = train(
+            spec,
+            device,
+            checkpoint=ckpt,
+            checkpoint_every=checkpoint_every,
+            progress=partial / res.PROGRESS,
+            verbose=verbose,
+        )
+        final_samples = status.pop("final_samples")
+        config.update(status)
+        config["wall_time_s"] = time.perf_counter() - t0
+        config["environment"] = environment(device)
+        config["dataset_info"] = get_dataset(spec.dataset).info()
+        config["checkpoint_every"] = checkpoint_every or spec.eval_every
+        res.write_csv_atomic(partial / "metrics.csv", pd.DataFrame(rows, columns=res.COLUMNS))
+        buf = io.BytesIO()
+        torch.save(method.generator_module().state_dict(), buf)
+        res.write_bytes_atomic(partial / "generator.pt", buf.getvalue())
+        if final_samples is not None:
+            get_dataset(spec.dataset).artifacts(final_samples, partial)
+        config["files"] = {n: res.sha256_file(partial / n) for n in res.CHECKED_FILES}
+        config["complete"] = True  # written last: a config.json without it is unfinished
+        for name in (res.CHECKPOINT, res.PROGRESS):
+            (partial / name).unlink(missing_ok=True)
+        res.write_json_atomic(partial / "config.json", config)
+        res.publish(partial, final)
+    if verbose:
+        _log(f"{spec.run_name()} {config['status']}")
     return config

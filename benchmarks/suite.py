@@ -1,27 +1,33 @@
-"""Suites: named grids of runs in TOML, and their execution (serial or with joblib).
+"""Suites: named grids of runs in TOML, and their execution (in this process, on
+joblib processes, or on a Dask cluster).
 
 A suite file holds ``methods`` (a list of selectors, or "all"), ``datasets``, ``seeds``,
 the budget (``steps``, ``eval_every``, ``eval_samples``), optional ``exclude`` (method
-names left out of "all"), ``[params.<method>]`` hyperparameter overrides and
-``[budget.<dataset>]`` budget overrides.
+names left out of "all"), ``checkpoint_every`` (steps; default: at each evaluation),
+``[params.<method>]`` hyperparameter overrides and ``[budget.<dataset>]`` budget
+overrides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+
 from mcbench import results as res
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
+from mcbench.protocol import get_protocol
 from mcbench.registry import methods, parse_selector, resolve
-from mcbench.runner import RunSpec, default_device, run
+from mcbench.runner import RunSpec, default_device, finished, run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,6 +43,7 @@ SUITE_KEYS = {
     "exclude",
     "params",
     "budget",
+    "checkpoint_every",
     *BUDGET_KEYS,
 }
 
@@ -46,6 +53,7 @@ class Suite:
     name: str
     description: str
     specs: list[RunSpec]
+    checkpoint_every: int | None = None  # steps; None: at each evaluation
 
 
 def suite_names() -> list[str]:
@@ -86,37 +94,102 @@ def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Su
     return build_suite(name, raw)
 
 
+def _str_list(where: str, key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise McbenchError(f"{where}: {key} must be a non-empty list of names, got {value!r}")
+    return value
+
+
+def _table(where: str, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise McbenchError(f"{where}: [{key}] must hold tables such as [{key}.<name>]")
+    return value
+
+
+def check_dataset(name: str) -> None:
+    """The dataset exists, has a protocol, and its data is there (a dataset may define
+    ``check()`` to look for its files without loading them)."""
+    ds = get_dataset(name)
+    get_protocol(ds.family)
+    check = getattr(ds, "check", None)
+    if callable(check):
+        check()
+
+
 def build_suite(name: str, raw: dict[str, Any]) -> Suite:
-    """Expand a suite's grid; every run's method, dataset and config is checked here,
-    before any work starts."""
+    """Expand a suite's grid; every run's method, dataset, budget and hyperparameters are
+    checked here, before any work starts."""
+    where = f"suite {name}"
     unknown = set(raw) - SUITE_KEYS
     if unknown:
         raise McbenchError(
-            f"suite {name}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
             f"valid: {', '.join(sorted(SUITE_KEYS))}"
         )
     for key in ("methods", "datasets", "seeds", *BUDGET_KEYS):
         if key not in raw:
-            raise McbenchError(f"suite {name}: missing key {key!r}")
+            raise McbenchError(f"{where}: missing key {key!r}")
+    if not isinstance(raw.get("description", ""), str):
+        raise McbenchError(f"{where}: description must be a string")
+    registered = methods()
+    exclude = raw.get("exclude", [])
+    if exclude:
+        for m in _str_list(where, "exclude", exclude):
+            if m not in registered:
+                raise McbenchError(
+                    f"{where}: exclude names unknown method {m!r}; "
+                    f"choices: {', '.join(sorted(registered))}"
+                )
     selected = raw["methods"]
-    exclude = set(raw.get("exclude", []))
     if selected == "all":
-        selected = [m for m in methods() if m not in exclude]
+        selected = [m for m in registered if m not in exclude]
     if not isinstance(selected, list) or not all(isinstance(m, str) for m in selected):
-        raise McbenchError(f'suite {name}: methods must be a list of names or "all"')
+        raise McbenchError(f'{where}: methods must be a list of names or "all", got {selected!r}')
+    if not selected:
+        raise McbenchError(f"{where}: no methods selected")
+    datasets = _str_list(where, "datasets", raw["datasets"])
     seeds = raw["seeds"]
-    if not isinstance(seeds, list) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
     ):
-        raise McbenchError(f"suite {name}: seeds must be a list of non-negative integers")
-    params: dict[str, dict] = raw.get("params", {})
-    budgets: dict[str, dict] = raw.get("budget", {})
+        raise McbenchError(f"{where}: seeds must be a list of non-negative integers, got {seeds!r}")
+    params = _table(where, "params", raw.get("params", {}))
+    for m in params:
+        if m not in registered:
+            raise McbenchError(
+                f"{where}: [params.{m}] names an unknown method; "
+                f"choices: {', '.join(sorted(registered))}"
+            )
+    budgets = _table(where, "budget", raw.get("budget", {}))
+    for d, b in budgets.items():
+        if d not in datasets:
+            raise McbenchError(
+                f"{where}: [budget.{d}] names a dataset not in the suite; "
+                f"datasets: {', '.join(datasets)}"
+            )
+        bad = set(b) - set(BUDGET_KEYS)
+        if bad:
+            raise McbenchError(
+                f"{where}: [budget.{d}] unknown key(s) {', '.join(sorted(bad))}; "
+                f"valid: {', '.join(BUDGET_KEYS)}"
+            )
+    checkpoint_every = raw.get("checkpoint_every")
+    if checkpoint_every is not None:
+        _positive_int(where, "checkpoint_every", checkpoint_every)
     specs = []
-    for dataset in raw["datasets"]:
-        get_dataset(dataset)
+    for dataset in datasets:
+        check_dataset(dataset)
         budget = {k: raw[k] for k in BUDGET_KEYS} | budgets.get(dataset, {})
+        w = f"{where}, dataset {dataset}" if dataset in budgets else where
         for k in BUDGET_KEYS:
-            _positive_int(f"suite {name}", k, budget.get(k))
+            _positive_int(w, k, budget.get(k))
+        if budget["eval_every"] > budget["steps"]:
+            raise McbenchError(
+                f"{w}: eval_every ({budget['eval_every']}) must not exceed "
+                f"steps ({budget['steps']})"
+            )
         for selector in selected:
             base, _ = parse_selector(selector)
             extra = params.get(base, {})
@@ -133,13 +206,96 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
                         extra,
                     )
                 )
-    return Suite(name, raw.get("description", ""), specs)
+    return Suite(name, raw.get("description", ""), specs, checkpoint_every)
 
 
-def _worker(spec: RunSpec, results_dir: str, device: str, threads: int) -> dict[str, Any]:
+def _device_slot_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"mcbench-gpu-slots-{os.getuid()}"
+
+
+@contextlib.contextmanager
+def device_slot(device: str | None) -> Iterator[torch.device]:
+    """The device of one run. An explicit device is used as given; otherwise, with
+    several GPUs, each concurrent run on this machine takes a GPU nobody else holds (a
+    flock per GPU, released when the run ends or its process dies)."""
+    if device:
+        yield torch.device(device)
+        return
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n <= 1:
+        yield default_device()
+        return
+    import fcntl
+
+    folder = _device_slot_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        fd = os.open(folder / f"cuda{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            yield torch.device(f"cuda:{i}")
+        finally:
+            os.close(fd)
+        return
+    yield torch.device(f"cuda:{os.getpid() % n}")  # more workers than GPUs: share
+
+
+def _worker(
+    spec: RunSpec, results_dir: str, device: str | None, threads: int, opts: dict[str, Any]
+) -> dict[str, Any]:
+    """One run in a worker (this process, a joblib process or a Dask worker). Anything
+    that escapes the run (a full disk, a broken plugin) is reported, not raised, so that
+    the other runs go on."""
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    cfg = run(spec, Path(results_dir), torch.device(device))
-    return {k: cfg.get(k) for k in ("run", "status", "reason", "skipped", "wall_time_s")}
+    try:
+        with device_slot(device) as dev:
+            cfg = run(spec, Path(results_dir), dev, **opts)
+        return {k: cfg.get(k) for k in OUTCOME_KEYS}
+    except Exception as exc:
+        return {
+            "run": spec.run_name(),
+            "status": "error",
+            "reason": f"{type(exc).__name__}: {exc}",
+            "skipped": False,
+        }
+    finally:
+        torch.set_num_threads(before)
+
+
+OUTCOME_KEYS = ("run", "status", "reason", "failed_step", "skipped", "wall_time_s")
+
+
+def plan(
+    specs: Iterable[RunSpec], results_dir: Path, retry_failed: bool = False
+) -> tuple[list[RunSpec], list[dict[str, Any]]]:
+    """Split a suite into runs still to do and finished ones (duplicates dropped)."""
+    unique = {s.run_name(): s for s in specs}
+    todo, done = [], []
+    for name, spec in unique.items():
+        cfg = finished(Path(results_dir) / "runs" / name, retry_failed)
+        if cfg is None:
+            todo.append(spec)
+        else:
+            done.append({**{k: cfg.get(k) for k in OUTCOME_KEYS}, "skipped": True})
+    return todo, done
+
+
+def _connect(address: str):
+    try:
+        from distributed import Client
+    except ImportError:
+        raise McbenchError(
+            "--scheduler needs dask.distributed: pip install 'dask[distributed]'"
+        ) from None
+    try:
+        return Client(address, timeout="20s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise McbenchError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
 
 
 def run_specs(
@@ -148,34 +304,71 @@ def run_specs(
     jobs: int = 1,
     device: str | None = None,
     progress: bool = True,
+    *,
+    scheduler: str | None = None,
+    threads: int = 1,
+    checkpoint_every: int | None = None,
+    retry_failed: bool = False,
+    verbose: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every spec (skipping finished ones); rebuild the suite table as runs land."""
+    """Run every spec not finished yet: in this process, on `jobs` joblib processes, or
+    on the Dask cluster at `scheduler`; rebuild results.csv as runs land.
+
+    Returns one outcome per run (finished earlier ones marked ``skipped``). A run that
+    fails is recorded and the others go on; only this process writes results.csv.
+    """
     from tqdm import tqdm
 
-    specs = list(specs)
-    dev = device or str(default_device())
-    results_dir = Path(results_dir)
+    client = _connect(scheduler) if scheduler else None  # fail before any work
+    results_dir = Path(results_dir).resolve()  # workers may start elsewhere
     results_dir.mkdir(parents=True, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    bar = tqdm(total=len(specs), disable=not progress, unit="run", desc="mcbench")
-    done: list[dict[str, Any]] = []
+    todo, outcomes = plan(specs, results_dir, retry_failed)
+    opts = {"checkpoint_every": checkpoint_every, "retry_failed": retry_failed, "verbose": verbose}
+    args = (str(results_dir), device, threads, opts)
+    if client is not None:
+        width = max(1, sum(client.nthreads().values()))
+    else:
+        width = max(1, min(jobs, len(todo)))
+    bar = tqdm(total=len(todo), disable=not progress, unit="run", desc="mcbench")
+    landed: list[dict[str, Any]] = []
 
     def land(out: dict[str, Any]) -> None:
-        done.append(out)
+        landed.append(out)
         res.write_table(results_dir)
-        failed = sum(d["status"] != "ok" for d in done)
-        bar.set_postfix(failed=failed, last=out["run"][:40])
+        n = {s: sum(d["status"] == s for d in landed) for s in ("ok", "failed", "error")}
+        bar.set_postfix(
+            ok=n["ok"],
+            failed=n["failed"] + n["error"],
+            running=min(width, len(todo) - len(landed)),
+            last=f"{out['run'][:32]}:{out['status']}",
+        )
         bar.update(1)
 
-    if jobs <= 1:
-        for spec in specs:
-            land(_worker(spec, str(results_dir), dev, torch.get_num_threads()))
-    else:
-        from joblib import Parallel, delayed
+    try:
+        if client is not None:
+            from distributed import as_completed
 
-        pool = Parallel(n_jobs=jobs, return_as="generator_unordered")
-        for out in pool(delayed(_worker)(s, str(results_dir), dev, threads) for s in specs):
-            land(out)
-    bar.close()
-    res.write_table(results_dir)
-    return done
+            with client:
+                futures = {
+                    client.submit(_worker, s, *args, key=f"mcbench-{s.run_name()}"): s for s in todo
+                }
+                for fut in as_completed(futures):
+                    try:
+                        out = fut.result()
+                    except Exception as exc:  # the worker died (killed, out of memory)
+                        name = futures[fut].run_name()
+                        out = {"run": name, "status": "error", "reason": repr(exc)}
+                    land(out)
+        elif width <= 1:
+            for spec in todo:
+                land(_worker(spec, *args))
+        else:
+            from joblib import Parallel, delayed
+
+            pool = Parallel(n_jobs=width, return_as="generator_unordered")
+            for out in pool(delayed(_worker)(s, *args) for s in todo):
+                land(out)
+    finally:
+        bar.close()
+        res.write_table(results_dir)
+    return outcomes + landed
