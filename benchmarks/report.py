@@ -1,32 +1,224 @@
-"""Tables from a results folder: final metrics per method and dataset over seeds."""
+"""Reports: the papers' tables and figures from any results folder, with no re-training.
+
+`mcbench report DIR [DIR ...]` reads one run folder, a suite's results folder
+(``results.csv`` and/or ``runs/``), or a folder of such folders, merges them, and writes
+``report.md``, a self-contained ``report.html``, ``tables/`` (Markdown, LaTeX, CSV) and
+``figures/`` (PNG, PDF). Statistics are over seeds of the same method selector and
+dataset; a run that failed counts in "failed" and never in the statistics.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+
 from mcbench import results as res
+from mcbench.document import Cell, Document, Figure, Table, cells, frame_table
 from mcbench.errors import McbenchError
 
-# Metrics shown in the summary, in order, with the direction that is better.
-SUMMARY = {
+# Direction that is better, per metric name (metrics not listed have none).
+DIRECTIONS: dict[str, str] = {
     "modes_covered": "higher",
     "high_quality_pct": "higher",
     "intra_mode_kl": "lower",
     "reverse_kl": "lower",
+    "modes": "higher",
+    "modes_captured": "higher",
+    "kl": "lower",
+    "kl_uniform": "lower",
     "step_time_ms": "lower",
 }
+# Order of columns in the final-metrics tables; other metrics follow alphabetically.
+ORDER = [
+    "modes_covered",
+    "high_quality_pct",
+    "intra_mode_kl",
+    "reverse_kl",
+    "modes",
+    "modes_captured",
+    "kl",
+    "kl_uniform",
+    "kl_modes",
+    "step_time_ms",
+]
+# Kept for callers of the first version: the metrics of the 2-D summary.
+SUMMARY = {m: DIRECTIONS[m] for m in ORDER if m in DIRECTIONS and not m.startswith(("modes", "kl"))}
+LABELS = {
+    "modes_covered": "modes",
+    "high_quality_pct": "% high quality",
+    "intra_mode_kl": "intra-mode KL",
+    "reverse_kl": "reverse KL",
+    "modes": "modes",
+    "modes_captured": "modes",
+    "kl": "KL",
+    "kl_uniform": "KL",
+    "kl_modes": "modes in KL",
+    "step_time_ms": "ms / update",
+}
+# Stacked MNIST (LBT Table 1): the first name present is used for each row.
+STACKED_ALIASES = {
+    "Modes": ["modes", "modes_captured", "stacked_modes", "n_modes"],
+    "KL": ["kl", "kl_uniform", "mode_kl", "stacked_kl"],
+}
+# Which metrics are hidden from the final tables (curves and per-step diagnostics).
+HIDDEN_PREFIXES = ("loss_", "elbo")
+ERROR_MODES = ("std", "sem", "both")
+
+
+# -- loading ------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """Tidy metric rows of every run, one row per run, and each run's config.json."""
+
+    rows: pd.DataFrame
+    runs: pd.DataFrame
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sources: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def run_dir(self, run: str) -> Path | None:
+        d = self.runs.set_index("run").at[run, "dir"]
+        return Path(d) if d else None
+
+
+def _is_results(p: Path) -> bool:
+    return (p / "runs").is_dir() or (p / "results.csv").is_file()
+
+
+def _is_run(p: Path) -> bool:
+    return (p / "config.json").is_file() and (p / "metrics.csv").is_file()
+
+
+def find_sources(paths: list[Path | str]) -> list[Path]:
+    """Results folders and run folders named by `paths` (or one level below them)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise McbenchError(f"results folder {p} does not exist")
+        if _is_results(p) or _is_run(p):
+            found.append(p)
+            continue
+        subs = [s for s in sorted(p.iterdir()) if s.is_dir() and (_is_results(s) or _is_run(s))]
+        if not subs:
+            raise McbenchError(
+                f"no results under {p}: expected results.csv, runs/ or a run folder "
+                "(config.json and metrics.csv)"
+            )
+        found.extend(subs)
+    return found
+
+
+def _run_record(name: str, cfg: dict[str, Any], rows: pd.DataFrame, d: Path | None) -> dict:
+    budget = cfg.get("budget", {})
+    info = cfg.get("dataset_info", {})
+    steps = budget.get("steps")
+    if steps is None and len(rows):
+        steps = int(rows["step"].max())
+    return {
+        "run": name,
+        "selector": cfg.get("method", rows["method"].iloc[0] if len(rows) else ""),
+        "dataset": cfg.get("dataset", rows["dataset"].iloc[0] if len(rows) else ""),
+        "seed": cfg.get("seed", rows["seed"].iloc[0] if len(rows) else -1),
+        "status": cfg.get(
+            "status", rows["status"].iloc[0] if "status" in rows and len(rows) else "ok"
+        ),
+        "reason": cfg.get("reason") or "",
+        "failed_step": cfg.get("failed_step"),
+        "steps": steps,
+        "family": info.get("family", ""),
+        "dir": str(d) if d else "",
+    }
+
+
+def _read_run(d: Path) -> tuple[dict, pd.DataFrame] | None:
+    try:
+        cfg = res.read_config(d)
+        df = pd.read_csv(d / "metrics.csv")
+    except (OSError, ValueError):
+        return None  # a foreign or damaged folder is not a finished run
+    df["run"] = d.name
+    df["status"] = cfg.get("status", "unknown")
+    return cfg, df
+
+
+def load_results(paths: list[Path | str]) -> Results:
+    """Merge the runs of every source; a run found twice (same name = same config
+    hash) is read once, from the first source that has it."""
+    sources = find_sources(paths)
+    frames: list[pd.DataFrame] = []
+    records: list[dict] = []
+    configs: dict[str, dict] = {}
+    notes: list[str] = []
+    for src in sources:
+        run_folders = [src] if _is_run(src) else res.run_dirs(src)
+        seen_here = set()
+        for d in run_folders:
+            got = _read_run(d)
+            if got is None:
+                notes.append(f"skipped unreadable run folder {d}")
+                continue
+            cfg, df = got
+            seen_here.add(d.name)
+            if d.name in configs:
+                continue
+            configs[d.name] = cfg
+            frames.append(df)
+            records.append(_run_record(d.name, cfg, df, d))
+        csv = src / "results.csv"
+        if csv.is_file() and not _is_run(src):
+            table = pd.read_csv(csv)
+            if "run" not in table.columns:
+                table["run"] = (
+                    table["method"] + "-" + table["dataset"] + "-s" + table["seed"].astype(str)
+                )
+            if "status" not in table.columns:
+                table["status"] = "ok"
+            for name, df in table.groupby("run", sort=True):
+                if name in seen_here or name in configs:
+                    continue
+                configs[name] = {}
+                frames.append(df)
+                records.append(_run_record(name, {}, df, None))
+    if not records:
+        raise McbenchError(f"no finished runs under {', '.join(map(str, sources))}")
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    runs = pd.DataFrame(records)
+    _label_methods(rows, runs)
+    return Results(rows=rows, runs=runs, configs=configs, sources=sources, notes=notes)
+
+
+def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
+    """`method` = the selector, with the budget appended where one selector was run on
+    one dataset with different numbers of steps (merged suites): never average those."""
+    runs["method"] = runs["selector"]
+    n_budgets = runs.groupby(["selector", "dataset"])["steps"].transform("nunique")
+    mixed = n_budgets > 1
+    runs.loc[mixed, "method"] = runs.loc[mixed].apply(
+        lambda r: f"{r['selector']} ({int(r['steps'])} steps)", axis=1
+    )
+    if len(rows):
+        rows["method"] = rows["run"].map(runs.set_index("run")["method"])
 
 
 def load(results_dir: Path) -> pd.DataFrame:
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise McbenchError(f"results folder {results_dir} does not exist")
-    df = res.collect(results_dir)
-    if df.empty:
-        raise McbenchError(f"no finished runs under {results_dir}/runs")
-    return df
+    """All metric rows of a results folder (first version's entry point, kept)."""
+    return load_results([results_dir]).rows
+
+
+# -- statistics ---------------------------------------------------------------------
 
 
 def final_metrics(df: pd.DataFrame) -> pd.DataFrame:
@@ -35,53 +227,682 @@ def final_metrics(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["step"] == last]
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of each final metric, with seed and failure counts."""
-    runs = df.groupby(["method", "dataset", "run"])["status"].first().reset_index()
+def runs_of(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.groupby("run")[["method", "dataset", "seed", "status"]].first().reset_index()
+
+
+def aggregate(rows: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Final metrics over seeds, one row per (method, dataset, metric): mean, std
+    (ddof 1), sem = std / sqrt(n), n (ok runs with a finite value), runs, failed, and
+    `best` (the best mean among >= 2 methods on that dataset, by the metric's direction).
+    A (method, dataset) whose runs all failed keeps a row with metric "" and n = 0."""
+    runs = runs_of(rows) if runs is None else runs
     counts = runs.groupby(["method", "dataset"]).agg(
         runs=("run", "size"), failed=("status", lambda s: int((s != "ok").sum()))
     )
-    fin = final_metrics(df[df["status"] == "ok"])
-    fin = fin[fin["metric"].isin(SUMMARY)]
-    stats = fin.groupby(["method", "dataset", "metric"])["value"].agg(["mean", "std"])
+    ok = rows[rows["status"] == "ok"]
+    fin = final_metrics(ok) if len(ok) else ok
+    fin = fin[np.isfinite(fin["value"].astype(float))]
+    stats = (
+        fin.groupby(["method", "dataset", "metric"])["value"]
+        .agg(mean="mean", std="std", n="count")
+        .reset_index()
+    )
+    stats["sem"] = stats["std"] / np.sqrt(stats["n"])
+    out = stats.merge(counts.reset_index(), on=["method", "dataset"], how="right")
+    out["metric"] = out["metric"].fillna("")
+    out["n"] = out["n"].fillna(0).astype(int)
+    out["direction"] = out["metric"].map(DIRECTIONS).fillna("")
+    out["best"] = False
+    for (_, metric), g in out.groupby(["dataset", "metric"]):
+        direction = DIRECTIONS.get(metric)
+        g = g[g["n"] > 0]
+        if not direction or g["method"].nunique() < 2:
+            continue
+        target = g["mean"].max() if direction == "higher" else g["mean"].min()
+        out.loc[g.index[np.isclose(g["mean"], target, rtol=1e-12, atol=0)], "best"] = True
+    cols = ["method", "dataset", "metric", "direction", "mean", "std", "sem", "n"]
+    return out[[*cols, "runs", "failed", "best"]].sort_values(["dataset", "method", "metric"])
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Wide: per (method, dataset) the run and failure counts and <metric>_mean/_std."""
+    agg = aggregate(df)
+    counts = agg.groupby(["method", "dataset"])[["runs", "failed"]].first()
+    stats = agg[agg["metric"] != ""].set_index(["method", "dataset", "metric"])[["mean", "std"]]
     wide = stats.unstack("metric")
     wide.columns = [f"{metric}_{stat}" for stat, metric in wide.columns]
     return counts.join(wide, how="left")
 
 
-def markdown(df: pd.DataFrame) -> str:
-    s = summary(df)
-    metrics = [m for m in SUMMARY if f"{m}_mean" in s.columns]
-    lines = []
-    for dataset in sorted(s.index.get_level_values("dataset").unique()):
-        sub = s.xs(dataset, level="dataset")
-        lines.append(f"\n### {dataset}\n")
-        header = ["method", "seeds (failed)", *metrics]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for method, row in sub.iterrows():
-            cells = [method, f"{int(row['runs'])} ({int(row['failed'])})"]
-            for m in metrics:
-                mean, std = row[f"{m}_mean"], row[f"{m}_std"]
-                if pd.isna(mean):
-                    cells.append("-")
-                elif pd.isna(std):
-                    cells.append(f"{mean:.3g}")
-                else:
-                    cells.append(f"{mean:.3g} ± {std:.2g}")
-            lines.append("| " + " | ".join(cells) + " |")
-    lines.append(
-        "\nFinal evaluation of each run; mean ± std over seeds (std of one seed: none). "
-        "modes_covered and high_quality_pct: higher is better; intra_mode_kl "
-        "(KL(true || fitted) per mode) and reverse_kl (KL(gen || data) over modes): lower."
+# -- formatting ---------------------------------------------------------------------
+
+
+def _decimals(x: float, sig: int) -> int:
+    if not math.isfinite(x) or x == 0:
+        return 0
+    return max(0, min(6, sig - 1 - math.floor(math.log10(abs(x)))))
+
+
+def fmt_stat(mean: float, std: float, sem: float, n: int, error: str = "both") -> str:
+    """`mean ± std (sem)`: the error to 2 significant digits and the mean to the same
+    decimal place; one seed (or no spread): the mean to 4 significant digits."""
+    if n == 0 or pd.isna(mean):
+        return "—"
+    if n < 2 or pd.isna(std) or std == 0:
+        d = _decimals(mean, 4) if mean != int(mean) else 0
+        return f"{mean:.{d}f}" + (" ± 0" if n >= 2 else "")
+    err = {"std": std, "sem": sem, "both": std}[error]
+    d = _decimals(err, 2)
+    text = f"{mean:.{d}f} ± {err:.{d}f}"
+    if error == "both":
+        text += f" ({sem:.{_decimals(sem, 2)}f})"
+    return text
+
+
+def _error_words(error: str) -> str:
+    return {
+        "std": "mean ± std over seeds",
+        "sem": "mean ± standard error over seeds",
+        "both": "mean ± std (standard error) over seeds",
+    }[error]
+
+
+def shown_metrics(metrics: list[str]) -> list[str]:
+    present = [m for m in metrics if m and not m.startswith(HIDDEN_PREFIXES)]
+    known = [m for m in ORDER if m in present]
+    return known + sorted(set(present) - set(known))
+
+
+def _cell(agg_row: pd.Series | None, error: str, n_ok: int) -> Cell:
+    if agg_row is None:
+        return Cell("—")
+    text = fmt_stat(agg_row["mean"], agg_row["std"], agg_row["sem"], int(agg_row["n"]), error)
+    if 0 < agg_row["n"] < n_ok:
+        text += f" [n={int(agg_row['n'])}]"
+    return Cell(text, bool(agg_row["best"]))
+
+
+def _lookup(agg: pd.DataFrame) -> dict[tuple[str, str, str], pd.Series]:
+    return {(r.method, r.dataset, r.metric): r for _, r in agg.iterrows()}
+
+
+def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
+    """Rows: methods; columns: seeds (ok/failed) and every shown metric of `dataset`."""
+    sub = agg[agg["dataset"] == dataset]
+    metrics = shown_metrics(sub["metric"].unique().tolist())
+    look = _lookup(sub)
+    header = ["method", "seeds ok (failed)", *metrics]
+    rows = []
+    for method, g in sub.groupby("method", sort=True):
+        runs, failed = int(g["runs"].iloc[0]), int(g["failed"].iloc[0])
+        n_ok = runs - failed
+        row = [Cell(method), Cell(f"{n_ok} ({failed})")]
+        row += [_cell(look.get((method, dataset, m)), error, n_ok) for m in metrics]
+        rows.append(row)
+    arrows = ", ".join(
+        f"{m} {'↑' if DIRECTIONS[m] == 'higher' else '↓'}" for m in metrics if m in DIRECTIONS
     )
-    return "\n".join(lines).lstrip("\n")
+    caption = (
+        f"{dataset}: final evaluation of each run, {_error_words(error)}; best mean in bold "
+        f"({arrows}); [n=k]: only k runs had a finite value."
+    )
+    data = sub[sub["metric"].isin(metrics) | (sub["metric"] == "")]
+    return Table(f"final-{dataset}", f"Final metrics on {dataset}", header, rows, caption, data)
+
+
+def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dict) -> Table:
+    """VEEGAN/PacGAN Table 1 layout: methods x (dataset: modes, % high quality, reverse KL)."""
+    metrics = ["modes_covered", "high_quality_pct", "reverse_kl"]
+    look = _lookup(agg)
+    counts = agg.groupby(["method", "dataset"])[["runs", "failed"]].first()
+    header, groups = ["method"], [("", 1)]
+    for d in datasets:
+        header += [f"modes (of {modes[d]})" if modes.get(d) else "modes", "% high quality"]
+        header += ["reverse KL"]
+        groups.append((d, len(metrics)))
+    rows = []
+    for method in sorted(agg.loc[agg["dataset"].isin(datasets), "method"].unique()):
+        row = [Cell(method)]
+        for d in datasets:
+            n_ok = (
+                int(counts.loc[(method, d), "runs"] - counts.loc[(method, d), "failed"])
+                if (method, d) in counts.index
+                else 0
+            )
+            row += [_cell(look.get((method, d, m)), error, n_ok) for m in metrics]
+        rows.append(row)
+    data = agg[agg["dataset"].isin(datasets) & agg["metric"].isin(metrics)]
+    caption = (
+        f"2-D mixtures in the layout of VEEGAN/PacGAN Table 1: {_error_words(error)}; "
+        "modes ↑, % high quality ↑, reverse KL ↓; best in bold."
+    )
+    return Table(
+        "mixture-2d", "2-D mixtures (VEEGAN/PacGAN layout)", header, rows, caption, data, groups
+    )
+
+
+def stacked_metric_names(metrics: set[str]) -> dict[str, str] | None:
+    """{"Modes": name, "KL": name} when a dataset has both Stacked MNIST metrics."""
+    found = {}
+    for row, names in STACKED_ALIASES.items():
+        hit = next((n for n in names if n in metrics), None)
+        if hit is None:
+            return None
+        found[row] = hit
+    return found
+
+
+def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error: str) -> Table:
+    """LBT Table 1 layout: rows Modes and KL, one column per method."""
+    sub = agg[agg["dataset"] == dataset]
+    look = _lookup(sub)
+    methods = sorted(sub["method"].unique())
+    counts = sub.groupby("method")[["runs", "failed"]].first()
+    rows = []
+    for label, metric in names.items():
+        row = [Cell(label)]
+        for m in methods:
+            n_ok = int(counts.loc[m, "runs"] - counts.loc[m, "failed"])
+            row.append(_cell(look.get((m, dataset, metric)), error, n_ok))
+        rows.append(row)
+    failed = {m: int(counts.loc[m, "failed"]) for m in methods}
+    ok = {m: int(counts.loc[m, "runs"]) - failed[m] for m in methods}
+    rows.append([Cell("seeds ok (failed)"), *(Cell(f"{ok[m]} ({failed[m]})") for m in methods)])
+    caption = (
+        f"{dataset} in the layout of LBT Table 1: modes captured (↑) and KL to the uniform "
+        f"distribution over modes (↓), {_error_words(error)}; best in bold."
+    )
+    data = sub[sub["metric"].isin(names.values())]
+    return Table(
+        f"table1-{dataset}", f"{dataset} (LBT Table 1 layout)", ["", *methods], rows, caption, data
+    )
+
+
+# -- published numbers --------------------------------------------------------------
+
+
+def published() -> pd.DataFrame:
+    """The published numbers of PROTOCOLS.md, with their sources (benchmarks/published.csv)."""
+    text = resources.files("mcbench").joinpath("published.csv").read_text()
+    from io import StringIO
+
+    df = pd.read_csv(StringIO(text), comment="#", dtype={"match_params": str, "setting": str})
+    return df.fillna({"setting": "", "match_class": "", "match_params": "", "note": ""})
+
+
+def _norm(name: str) -> str:
+    return "".join(c for c in str(name).lower() if c.isalnum())
+
+
+def _same(a: Any, b: str) -> bool:
+    try:
+        return math.isclose(float(a), float(b))
+    except (TypeError, ValueError):
+        return str(a).lower() == str(b).lower()
+
+
+def method_identity(results: Results) -> dict[tuple[str, str], tuple[str, dict]]:
+    """(method label, dataset) -> (method class, hyperparameters) of its first run."""
+    from mcbench.registry import parse_selector
+
+    out = {}
+    for r in results.runs.itertuples():
+        key = (r.method, r.dataset)
+        if key in out:
+            continue
+        cfg = results.configs.get(r.run, {})
+        try:
+            name, params = parse_selector(r.selector)
+        except McbenchError:
+            name, params = r.selector, {}
+        cls = cfg.get("method_class", name)
+        hyper = {**params, **(cfg.get("params") or {}), **(cfg.get("hyperparameters") or {})}
+        out[key] = (cls, hyper)
+    return out
+
+
+def _matches(pub: pd.Series, cls: str, hyper: dict) -> bool:
+    if not pub["match_class"] or _norm(pub["match_class"]) != _norm(cls):
+        return False
+    for part in filter(None, str(pub["match_params"]).split(";")):
+        k, v = part.split("=", 1)
+        if k not in hyper or not _same(hyper[k], v):
+            return False
+    return True
+
+
+def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: str) -> Table | None:
+    """Every published number for `dataset` beside ours for the matching method."""
+    pub = published()
+    pub = pub[pub["dataset"] == dataset]
+    if pub.empty:
+        return None
+    ident = {k: v for k, v in method_identity(results).items() if k[1] == dataset}
+    look = _lookup(agg[agg["dataset"] == dataset])
+    stacked = stacked_metric_names(set(agg.loc[agg["dataset"] == dataset, "metric"]))
+    alias = {"modes": stacked["Modes"], "kl": stacked["KL"]} if stacked else {}
+    header = ["source", "their method", "setting", "metric", "theirs", "ours (mcbench method)"]
+    rows, data = [], []
+    for _, p in pub.iterrows():
+        metric = alias.get(p["metric"], p["metric"])
+        ours = []
+        for (method, _), (cls, hyper) in sorted(ident.items()):
+            if _matches(p, cls, hyper) and (method, dataset, metric) in look:
+                r = look[(method, dataset, metric)]
+                ours.append(
+                    f"{fmt_stat(r['mean'], r['std'], r['sem'], int(r['n']), error)} ({method})"
+                )
+                data.append(
+                    {
+                        **p.to_dict(),
+                        "ours_method": method,
+                        "ours_mean": r["mean"],
+                        "ours_std": r["std"],
+                        "ours_sem": r["sem"],
+                        "ours_n": int(r["n"]),
+                    }
+                )
+        if not ours:
+            data.append(
+                {
+                    **p.to_dict(),
+                    "ours_method": "",
+                    "ours_mean": np.nan,
+                    "ours_std": np.nan,
+                    "ours_sem": np.nan,
+                    "ours_n": 0,
+                }
+            )
+        theirs = f"{p['value']:g}"
+        if pd.notna(p["error"]):
+            theirs += f" ± {p['error']:g}"
+        if pd.notna(p["runs"]):
+            theirs += f" ({int(p['runs'])} runs)"
+        label = LABELS.get(p["metric"], p["metric"])
+        source = f"{p['source']}, {p['table']}"
+        shown = [source, p["method"], p["setting"], label, theirs, "; ".join(ours) or "—"]
+        rows.append(cells(shown))
+    caption = (
+        f"{dataset}: published numbers (benchmarks/published.csv, from ../shared/PROTOCOLS.md) "
+        f"beside ours ({_error_words(error)}). The published protocols differ from ours "
+        "(budget, sample count, architecture): read differences with that in mind."
+    )
+    return Table(
+        f"published-{dataset}",
+        f"{dataset}: ours beside published",
+        header,
+        rows,
+        caption,
+        pd.DataFrame(data),
+    )
+
+
+# -- the report ---------------------------------------------------------------------
+
+
+def markdown(df: pd.DataFrame, error: str = "std") -> str:
+    """Final-metrics tables of every dataset as Markdown (printed by `mcbench run`)."""
+    agg = aggregate(df)
+    parts = []
+    for dataset in _dataset_order(agg):
+        t = final_table(agg, dataset, error)
+        parts += [f"### {dataset}", "", t.markdown(), "", t.caption, ""]
+    return "\n".join(parts).rstrip("\n")
+
+
+def run_table(results: Results) -> pd.DataFrame:
+    """One row per run: identity, status and its final value of each shown metric."""
+    fin = final_metrics(results.rows) if len(results.rows) else results.rows
+    wide = fin.pivot_table(index="run", columns="metric", values="value", aggfunc="first")
+    wide = wide[[m for m in shown_metrics(list(wide.columns))]]
+    base = results.runs[["run", "method", "dataset", "seed", "status", "failed_step", "reason"]]
+    return base.merge(wide.reset_index(), on="run", how="left").sort_values(
+        ["dataset", "method", "seed"]
+    )
+
+
+def _dict_rows(d: dict, prefix: str = "") -> list[tuple[str, str]]:
+    out = []
+    for k, v in sorted(d.items()):
+        if isinstance(v, dict):
+            out += _dict_rows(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", json.dumps(v) if isinstance(v, list | bool) else str(v)))
+    return out
+
+
+def _distinct(items: list[dict]) -> list[tuple[dict, int]]:
+    seen: dict[str, tuple[dict, int]] = {}
+    for it in items:
+        key = json.dumps(it, sort_keys=True, default=str)
+        d, n = seen.get(key, (it, 0))
+        seen[key] = (d, n + 1)
+    return list(seen.values())
+
+
+def software_versions() -> dict[str, str]:
+    import matplotlib
+    import seaborn
+    import torch
+
+    import mcbench
+
+    return {
+        "mcbench": mcbench.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "matplotlib": matplotlib.__version__,
+        "seaborn": seaborn.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _config_sections(doc: Document, results: Results) -> list[Table]:
+    tables = []
+    runs = results.runs
+    cfgs = [results.configs.get(r, {}) for r in runs["run"]]
+    doc.heading("Configuration")
+    budgets = pd.DataFrame(
+        [
+            {"dataset": r.dataset, **results.configs.get(r.run, {}).get("budget", {})}
+            for r in runs.itertuples()
+        ]
+    )
+    if len(budgets.columns) > 1:
+        b = budgets.value_counts().reset_index(name="runs").sort_values(list(budgets.columns))
+        t = frame_table(
+            "budgets",
+            "Budgets",
+            b,
+            "Training budget (generator updates) and evaluation, per dataset.",
+        )
+        doc.table(t)
+        tables.append(t)
+    hyper = []
+    for r in runs.drop_duplicates("method").itertuples():
+        cfg = results.configs.get(r.run, {})
+        hp = cfg.get("hyperparameters")
+        if hp is not None:
+            hyper.append(
+                {
+                    "method": r.method,
+                    "class": cfg.get("method_class", ""),
+                    "hyperparameters": ", ".join(f"{k}={v}" for k, v in sorted(hp.items())),
+                }
+            )
+    if hyper:
+        t = frame_table(
+            "hyperparameters",
+            "Hyperparameters",
+            pd.DataFrame(hyper).sort_values("method"),
+            "Resolved hyperparameters of each method selector (from config.json).",
+        )
+        doc.table(t)
+        tables.append(t)
+    protocols = _distinct([c["protocol"] for c in cfgs if c.get("protocol")])
+    for proto, n in protocols:
+        fam = proto.get("family", "")
+        t = frame_table(
+            f"protocol-{fam}",
+            f"Protocol {fam}",
+            pd.DataFrame(_dict_rows(proto), columns=["field", "value"]),
+            f"Protocol of family {fam} ({n} runs): what every method shares.",
+        )
+        doc.table(t)
+        tables.append(t)
+    doc.heading("Datasets and their sources")
+    infos = _distinct([c["dataset_info"] for c in cfgs if c.get("dataset_info")])
+    if infos:
+        keys = ["name", "family", "source", "modes", "std", "shape", "evaluation"]
+        extra = sorted({k for d, _ in infos for k in d} - set(keys))
+        df = pd.DataFrame([{k: _short(d.get(k, "")) for k in keys + extra} for d, _ in infos])
+        df = df.loc[:, (df != "").any()]
+        t = frame_table(
+            "datasets",
+            "Datasets",
+            df.sort_values("name"),
+            "Data source of each dataset (config.json dataset_info).",
+        )
+        doc.table(t)
+        tables.append(t)
+    else:
+        doc.para("No run folder records dataset_info (results.csv only).")
+    doc.heading("Environment")
+    envs = _distinct([c["environment"] for c in cfgs if c.get("environment")])
+    if envs:
+        keys = sorted({k for e, _ in envs for k in e})
+        df = pd.DataFrame([{**{k: e.get(k, "") for k in keys}, "runs": n} for e, n in envs])
+        t = frame_table(
+            "environment",
+            "Environment",
+            df,
+            "Software and device the runs were trained with (config.json environment).",
+        )
+        doc.table(t)
+        tables.append(t)
+    sv = software_versions()
+    t = frame_table(
+        "report-software",
+        "Report software",
+        pd.DataFrame(list(sv.items()), columns=["package", "version"]),
+        "Software that drew this report.",
+    )
+    doc.table(t)
+    tables.append(t)
+    return tables
+
+
+def _short(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+@dataclass
+class Options:
+    out: Path
+    error: str = "both"
+    density_samples: int = 100_000
+    figures: bool = True
+    pdf: bool = True
+    published: bool = True
+    unroll_study: Path | None = None
+    device: str = "cpu"
+
+
+def build_report(results: Results, opts: Options) -> dict[str, Any]:
+    """Write tables/, figures/, report.md and report.html under opts.out."""
+    t0 = time.perf_counter()
+    out = opts.out
+    tables_dir, fig_dir = out / "tables", out / "figures"
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    agg = aggregate(results.rows, results.runs)
+    runs = results.runs
+    datasets = _dataset_order(runs)
+    families = runs.groupby("dataset")["family"].first().to_dict()
+    doc = Document("mcbench report")
+    ok = int((runs["status"] == "ok").sum())
+    doc.para(
+        f"{len(runs)} runs ({ok} ok, {len(runs) - ok} failed) of {runs['method'].nunique()} "
+        f"methods on {len(datasets)} datasets ({', '.join(datasets)}), seeds "
+        f"{', '.join(map(str, sorted(runs['seed'].unique())))}; read from "
+        f"{', '.join(f'`{s}`' for s in results.sources)}. Regenerate with "
+        f"`mcbench report {' '.join(str(s) for s in results.sources)}`."
+    )
+    tables: list[Table] = []
+    doc.heading("Final metrics")
+    for d in datasets:
+        t = final_table(agg, d, opts.error)
+        doc.heading(d, 3)
+        doc.table(t)
+        tables.append(t)
+    mixtures = [
+        d for d in datasets if "modes_covered" in set(agg.loc[agg["dataset"] == d, "metric"])
+    ]
+    if mixtures:
+        modes = {d: _modes_of(results, d) for d in mixtures}
+        t = mixture_table(agg, mixtures, opts.error, modes)
+        doc.heading("2-D mixtures: VEEGAN/PacGAN table layout")
+        doc.table(t)
+        tables.append(t)
+    for d in datasets:
+        if d in mixtures:
+            continue
+        names = stacked_metric_names(set(agg.loc[agg["dataset"] == d, "metric"]))
+        if names:
+            t = stacked_table(agg, d, names, opts.error)
+            doc.heading(f"{d}: LBT Table 1 layout")
+            doc.table(t)
+            tables.append(t)
+    if opts.published:
+        comps = [c for d in datasets if (c := comparison_table(results, agg, d, opts.error))]
+        if comps:
+            doc.heading("Ours beside the published numbers")
+            for t in comps:
+                doc.table(t)
+                tables.append(t)
+    failed = runs[runs["status"] != "ok"]
+    doc.heading("Failed runs")
+    if failed.empty:
+        doc.para("None: every run finished with finite losses and samples.")
+    else:
+        f = failed[["run", "method", "dataset", "seed", "failed_step", "reason"]].copy()
+        f["reason"] = f["reason"].astype(str).str.slice(0, 160)
+        t = frame_table(
+            "failed-runs",
+            "Failed runs",
+            f,
+            "Runs that stopped early (config.json status, failed_step, reason); they count "
+            "in 'failed' and in no statistic.",
+        )
+        doc.table(t)
+        tables.append(t)
+    figures: list[Figure] = []
+    if opts.figures:
+        from mcbench import figures as figs
+
+        made = figs.all_figures(results, fig_dir, opts, families)
+        doc.heading("Figures")
+        for f in made:
+            doc.figure(f)
+        figures += made
+        for note in figs.NOTES:
+            results.notes.append(note)
+        figs.NOTES.clear()
+    if opts.unroll_study is not None or (study := _find_study(results)) is not None:
+        from mcbench import figures as figs
+
+        path = opts.unroll_study or study
+        doc.heading("Unroll-depth study")
+        got_tables, got_figs = figs.unroll_study(path, fig_dir, opts)
+        doc.para(f"Read from `{path}`.")
+        for t in got_tables:
+            doc.table(t)
+            tables.append(t)
+        for f in got_figs:
+            doc.figure(f)
+            figures.append(f)
+    t = frame_table("runs", "Runs", run_table(results), "Every run with its final metrics.")
+    tables.append(t)
+    doc.heading("Runs")
+    doc.para("Every run's identity, status and final metrics: `tables/runs.csv`.")
+    tables += _config_sections(doc, results)
+    if results.notes:
+        doc.heading("Notes")
+        for n in results.notes:
+            doc.para(n)
+    agg.to_csv(tables_dir / "summary.csv", index=False)
+    for t in tables:
+        t.write(tables_dir)
+    (out / "report.md").write_text(doc.markdown(out))
+    (out / "report.html").write_text(doc.html())
+    return {
+        "out": out,
+        "tables": len(tables),
+        "figures": len(figures),
+        "seconds": time.perf_counter() - t0,
+        "agg": agg,
+    }
+
+
+def _dataset_order(runs: pd.DataFrame) -> list[str]:
+    first = ["ring", "grid", "ring-veegan", "grid-veegan"]
+    names = list(runs["dataset"].unique())
+    return [d for d in first if d in names] + sorted(d for d in names if d not in first)
+
+
+def _modes_of(results: Results, dataset: str) -> int | None:
+    for r in results.runs[results.runs["dataset"] == dataset].itertuples():
+        m = results.configs.get(r.run, {}).get("dataset_info", {}).get("modes")
+        if m:
+            return int(m)
+    return None
+
+
+def _find_study(results: Results) -> Path | None:
+    for src in results.sources:
+        for p in sorted(src.glob("unroll*")):
+            if p.is_dir() and any(p.rglob("*.csv")):
+                return p
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mcbench report` (the CLI delegates the whole command here)."""
-    parser.add_argument("results_dir")
+    parser.add_argument(
+        "results_dir",
+        nargs="+",
+        help="results folders (results.csv and/or runs/), run folders, or folders of them",
+    )
+    parser.add_argument("--out", "-o", help="output folder (default: FIRST_RESULTS_DIR/report)")
+    parser.add_argument(
+        "--error",
+        choices=ERROR_MODES,
+        default="both",
+        help="spread shown after the mean: std, standard error, or both (default)",
+    )
+    parser.add_argument(
+        "--density-samples",
+        type=int,
+        default=100_000,
+        help="samples drawn from each saved generator for the density plots (0: none)",
+    )
+    parser.add_argument("--no-figures", action="store_true", help="tables only (fast)")
+    parser.add_argument("--no-pdf", action="store_true", help="PNG figures only")
+    parser.add_argument("--no-published", action="store_true", help="leave out published numbers")
+    parser.add_argument(
+        "--unroll-study",
+        help="folder or CSV of the unroll-depth study (default: RESULTS_DIR/unroll*)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for sampling generators")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only the output paths")
 
 
 def run(args: argparse.Namespace) -> None:
-    print(markdown(load(Path(args.results_dir))))
+    dirs = args.results_dir if isinstance(args.results_dir, list) else [args.results_dir]
+    results = load_results(dirs)
+    if args.density_samples < 0:
+        raise McbenchError("--density-samples must be >= 0")
+    study = Path(args.unroll_study) if getattr(args, "unroll_study", None) else None
+    if study is not None and not study.exists():
+        raise McbenchError(f"unroll study {study} does not exist")
+    opts = Options(
+        out=Path(args.out) if getattr(args, "out", None) else Path(dirs[0]) / "report",
+        error=getattr(args, "error", "both"),
+        density_samples=getattr(args, "density_samples", 100_000),
+        figures=not getattr(args, "no_figures", False),
+        pdf=not getattr(args, "no_pdf", False),
+        published=not getattr(args, "no_published", False),
+        unroll_study=study,
+        device=getattr(args, "device", "cpu"),
+    )
+    info = build_report(results, opts)
+    if not getattr(args, "quiet", False):
+        print(markdown(results.rows, "std") if len(results.rows) else "(no metric rows)")
+        print()
+    print(
+        f"mcbench: report with {info['tables']} tables and {info['figures']} figures in "
+        f"{info['seconds']:.1f} s -> {opts.out / 'report.md'}, {opts.out / 'report.html'}",
+        file=sys.stderr,
+    )

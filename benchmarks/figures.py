@@ -1,0 +1,437 @@
+"""Figures of a report (matplotlib with the Agg backend, seaborn styling).
+
+- density: the LBT paper's Figure 1, true distribution and each method's generator,
+  a kernel density of samples drawn from each run's saved generator (rows: datasets);
+- curves: Figure 2, each metric against generator updates, mean and a +-1 std band over
+  seeds, intra-mode and reverse KL on a log scale as in the paper;
+- wallclock: the same metrics against training wall-clock time (evaluation excluded);
+- elbo: Figure 4 of the workshop paper, every `elbo*` metric against updates;
+- samples: the sample grid each image run saved in its folder, one panel per method;
+- unroll study: time and quality against the unroll depth K, from the study's CSV.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import PowerNorm
+from scipy.ndimage import gaussian_filter
+
+from mcbench.document import Figure, Table, frame_table
+
+# Metrics drawn as curves, in panel order, and those on a log axis (LBT Fig. 2 b, e).
+CURVE_ORDER = [
+    "modes_covered",
+    "intra_mode_kl",
+    "high_quality_pct",
+    "reverse_kl",
+    "modes",
+    "modes_captured",
+    "kl",
+    "kl_uniform",
+]
+LOG_METRICS = {"intra_mode_kl", "reverse_kl", "kl", "kl_uniform"}
+TITLES = {
+    "modes_covered": "# modes covered",
+    "intra_mode_kl": "intra-mode KL",
+    "high_quality_pct": "% high-quality samples",
+    "reverse_kl": "reverse KL (mode histogram)",
+    "modes": "# modes captured",
+    "modes_captured": "# modes captured",
+    "kl": "KL(modes || uniform)",
+    "kl_uniform": "KL(modes || uniform)",
+}
+DPI = 100
+BINS = 240
+NOTES: list[str] = []  # things a figure had to leave out, reported in the notes section
+
+
+def _palette(methods: list[str]) -> dict[str, Any]:
+    methods = sorted(set(methods))
+    colors = sns.color_palette("tab10" if len(methods) <= 10 else "husl", len(methods))
+    return dict(zip(methods, colors, strict=True))
+
+
+def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool) -> Figure:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / f"{stem}.png"
+    fig.savefig(png, dpi=DPI)
+    pdf_path = None
+    if pdf:
+        pdf_path = out_dir / f"{stem}.pdf"
+        fig.savefig(pdf_path)
+    plt.close(fig)
+    return Figure(title, png, caption, pdf_path)
+
+
+def all_figures(results, out_dir: Path, opts, families: dict[str, str]) -> list[Figure]:
+    sns.set_theme(style="whitegrid", context="paper")
+    palette = _palette(results.runs["method"].tolist())
+    out: list[Figure] = []
+    if opts.density_samples > 0:
+        f = density(results, out_dir, opts, palette)
+        if f:
+            out.append(f)
+    ok = results.rows[results.rows["status"] == "ok"] if len(results.rows) else results.rows
+    groups: dict[str, list[str]] = {}
+    for d in _ordered(results.runs["dataset"].unique()):
+        groups.setdefault(families.get(d) or d, []).append(d)
+    for fam, datasets in groups.items():
+        for x in ("step", "wall_time"):
+            f = curves(ok, datasets, fam, x, out_dir, opts.pdf, palette)
+            if f:
+                out.append(f)
+    f = elbo(ok, out_dir, opts.pdf)
+    if f:
+        out.append(f)
+    out += sample_grids(results, out_dir, opts.pdf)
+    return out
+
+
+def _ordered(names) -> list[str]:
+    first = ["ring", "grid", "ring-veegan", "grid-veegan"]
+    names = list(names)
+    return [d for d in first if d in names] + sorted(d for d in names if d not in first)
+
+
+# -- Figure 1: densities ------------------------------------------------------------
+
+
+def _representative(results, dataset: str) -> dict[str, Any]:
+    """Per method, the ok run with the lowest seed that saved a generator."""
+    runs = results.runs
+    sub = runs[(runs["dataset"] == dataset) & (runs["status"] == "ok") & (runs["dir"] != "")]
+    out = {}
+    for method, g in sub.sort_values("seed").groupby("method", sort=True):
+        for r in g.itertuples():
+            if (Path(r.dir) / "generator.pt").is_file():
+                out[method] = r
+                break
+    return out
+
+
+def _density_image(x: np.ndarray, extent: tuple[float, float, float, float], sigma: float):
+    """A kernel density on a grid: 2-D histogram smoothed with a Gaussian kernel of
+    `sigma` bins (a binned KDE; exact enough at plot resolution and fast for 1e5+)."""
+    h, _, _ = np.histogram2d(
+        x[:, 0], x[:, 1], bins=BINS, range=[[extent[0], extent[1]], [extent[2], extent[3]]]
+    )
+    return gaussian_filter(h, sigma).T
+
+
+def density(results, out_dir: Path, opts, palette) -> Figure | None:
+    import torch
+
+    from mcbench.datasets import get_dataset
+    from mcbench.runner import derive_seed, generate, load_method
+
+    rows = []
+    for d in _ordered(results.runs["dataset"].unique()):
+        try:
+            ds = get_dataset(d)
+        except Exception:
+            NOTES.append(f"density plot: dataset {d!r} is not registered here; left out")
+            continue
+        if not hasattr(ds, "centers") or tuple(ds.shape) != (2,):
+            continue
+        reps = _representative(results, d)
+        if reps:
+            rows.append((d, ds, reps))
+    if not rows:
+        return None
+    device = torch.device(opts.device)
+    n = opts.density_samples
+    ncol = 1 + max(len(r[2]) for r in rows)
+    fig, axes = plt.subplots(
+        len(rows), ncol, figsize=(1.9 * ncol, 2.0 * len(rows)), squeeze=False, layout="constrained"
+    )
+    for i, (d, ds, reps) in enumerate(rows):
+        lo, hi = ds.centers.min(0), ds.centers.max(0)
+        pad = max(6 * ds.std, 0.15 * float((hi - lo).max()))
+        extent = (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
+        sigma = max(0.7, 0.5 * ds.std / ((extent[1] - extent[0]) / BINS))
+        gen = torch.Generator().manual_seed(derive_seed(0, f"report-data-{d}"))
+        panels = [("data", ds.sample(n, gen, torch.device("cpu")).numpy(), "")]
+        for method, r in reps.items():
+            try:
+                m = load_method(Path(r.dir), device)
+                rng = torch.Generator(device=device).manual_seed(derive_seed(int(r.seed), "report"))
+                x = generate(m, n, rng).numpy()
+            except Exception as exc:  # a method missing here must not stop the report
+                NOTES.append(f"density plot: could not sample {r.run}: {type(exc).__name__}: {exc}")
+                continue
+            panels.append((method, x, f"seed {r.seed}"))
+        for j in range(ncol):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(panels):
+                ax.axis("off")
+                continue
+            name, x, sub = panels[j]
+            x = x[np.isfinite(x).all(1)]
+            img = _density_image(x, extent, sigma)
+            ax.imshow(
+                img,
+                origin="lower",
+                extent=extent,
+                cmap="Greens",
+                norm=PowerNorm(0.5),
+                aspect="equal",
+                interpolation="nearest",
+            )
+            ax.set_title(f"{name}\n{d}" + (f", {sub}" if sub else ""), fontsize=7)
+            ax.grid(False)
+    caption = (
+        f"Density of {n:,} samples from each method's final generator (lowest ok seed) and from "
+        "the data, as the LBT paper's Figure 1: a 2-D histogram smoothed with a Gaussian kernel "
+        "of half a mode std, square-root colour scale; rows: datasets."
+    )
+    return _save(fig, out_dir, "density", "Densities (LBT Figure 1)", caption, opts.pdf)
+
+
+# -- Figure 2: metric against iterations or wall-clock -------------------------------
+
+
+def _set_scale(ax, metric: str, values: np.ndarray) -> None:
+    if metric not in LOG_METRICS:
+        return
+    v = values[np.isfinite(values)]
+    if len(v) and (v > 0).all():
+        ax.set_yscale("log")
+    elif len(v) and (v > 0).any():
+        ax.set_yscale("symlog", linthresh=float(v[v > 0].min()))
+
+
+def _band(df: pd.DataFrame, x: str) -> pd.DataFrame:
+    """Mean and std over seeds at each evaluation step; x is averaged too (wall time)."""
+    g = df.groupby("step")
+    return pd.DataFrame(
+        {"x": g[x].mean(), "mean": g["value"].mean(), "std": g["value"].std().fillna(0.0)}
+    ).sort_values("x")
+
+
+def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
+    present = set(ok.loc[ok["dataset"].isin(datasets), "metric"]) if len(ok) else set()
+    metrics = [m for m in CURVE_ORDER if m in present]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(
+        len(datasets),
+        len(metrics),
+        figsize=(3.3 * len(metrics), 2.6 * len(datasets) + 0.6),
+        squeeze=False,
+        layout="constrained",
+    )
+    handles = {}
+    for i, d in enumerate(datasets):
+        sub = ok[ok["dataset"] == d]
+        for j, metric in enumerate(metrics):
+            ax = axes[i, j]
+            part = sub[sub["metric"] == metric]
+            for method, g in part.groupby("method", sort=True):
+                b = _band(g, x)
+                c = palette.get(method)
+                (line,) = ax.plot(b["x"], b["mean"], color=c, lw=1.3, label=method)
+                ax.fill_between(
+                    b["x"], b["mean"] - b["std"], b["mean"] + b["std"], color=c, alpha=0.18, lw=0
+                )
+                handles.setdefault(method, line)
+            _set_scale(ax, metric, part["value"].to_numpy(float))
+            ax.set_title(f"{d}: {TITLES.get(metric, metric)}", fontsize=9)
+            ax.set_xlabel("generator updates" if x == "step" else "training time (s)")
+    if handles:
+        fig.legend(
+            list(handles.values()),
+            list(handles),
+            loc="outside lower center",
+            ncol=min(len(handles), 6),
+            fontsize=8,
+            frameon=False,
+        )
+    if x == "step":
+        stem, title = f"curves-{family}", f"Metrics against updates ({family}, LBT Figure 2)"
+        what = "generator updates"
+    else:
+        stem, title = f"wallclock-{family}", f"Metrics against training time ({family})"
+        what = "training wall-clock time (evaluation excluded, mean over seeds)"
+    caption = (
+        f"Each metric against {what}: mean over seeds, band ±1 std; KL panels on a log axis "
+        "as in the LBT paper's Figure 2."
+    )
+    return _save(fig, out_dir, stem, title, caption, pdf)
+
+
+# -- Figure 4: ELBO curves ------------------------------------------------------------
+
+
+def elbo(ok, out_dir, pdf) -> Figure | None:
+    if not len(ok):
+        return None
+    sub = ok[ok["metric"].str.startswith("elbo")]
+    if sub.empty:
+        return None
+    panels = sorted(sub.groupby(["dataset", "method"]).groups)
+    ncol = min(4, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow + 0.4), squeeze=False, layout="constrained"
+    )
+    colors = _palette(sub["metric"].unique().tolist())
+    handles = {}
+    for k, (d, method) in enumerate(panels):
+        ax = axes.flat[k]
+        part = sub[(sub["dataset"] == d) & (sub["method"] == method)]
+        for metric, g in part.groupby("metric", sort=True):
+            b = _band(g, "step")
+            (line,) = ax.plot(b["x"], b["mean"], color=colors[metric], lw=1.3, label=metric)
+            ax.fill_between(
+                b["x"],
+                b["mean"] - b["std"],
+                b["mean"] + b["std"],
+                color=colors[metric],
+                alpha=0.18,
+                lw=0,
+            )
+            handles.setdefault(metric, line)
+        ax.set_title(f"{method} on {d}", fontsize=9)
+        ax.set_xlabel("generator updates")
+        ax.set_ylabel("ELBO")
+    for k in range(len(panels), nrow * ncol):
+        axes.flat[k].axis("off")
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
+    caption = (
+        "The estimator's ELBO on generated and on real data against generator updates (the "
+        "LBT workshop paper's Figure 4): mean over seeds, band ±1 std."
+    )
+    return _save(fig, out_dir, "elbo", "ELBO curves (LBT workshop Figure 4)", caption, pdf)
+
+
+# -- sample grids ---------------------------------------------------------------------
+
+
+def _grid_png(run_dir: Path) -> Path | None:
+    pngs = sorted(run_dir.glob("*.png"))
+    if not pngs:
+        return None
+    named = [p for p in pngs if "sample" in p.name.lower()]
+    return (named or pngs)[0]
+
+
+def sample_grids(results, out_dir, pdf) -> list[Figure]:
+    out = []
+    runs = results.runs
+    for d in _ordered(runs["dataset"].unique()):
+        sub = runs[(runs["dataset"] == d) & (runs["status"] == "ok") & (runs["dir"] != "")]
+        found = []
+        for method, g in sub.sort_values("seed").groupby("method", sort=True):
+            for r in g.itertuples():
+                png = _grid_png(Path(r.dir))
+                if png is not None:
+                    found.append((method, r.seed, png))
+                    break
+        if not found:
+            continue
+        ncol = min(4, len(found))
+        nrow = math.ceil(len(found) / ncol)
+        fig, axes = plt.subplots(
+            nrow, ncol, figsize=(3.2 * ncol, 3.4 * nrow), squeeze=False, layout="constrained"
+        )
+        for k, (method, seed, png) in enumerate(found):
+            ax = axes.flat[k]
+            ax.imshow(plt.imread(png))
+            ax.set_title(f"{method} (seed {seed})", fontsize=9)
+            ax.axis("off")
+        for k in range(len(found), nrow * ncol):
+            axes.flat[k].axis("off")
+        caption = f"Samples of each method's final generator on {d} (the grid each run saved)."
+        out.append(_save(fig, out_dir, f"samples-{d}", f"Samples on {d}", caption, pdf))
+    return out
+
+
+# -- unroll-depth study -----------------------------------------------------------------
+
+K_NAMES = ("K", "k", "unroll", "unroll_steps", "unroll_depth", "depth")
+HUE_NAMES = ("method", "name", "selector")
+
+
+def unroll_study(path: Path, out_dir: Path, opts) -> tuple[list[Table], list[Figure]]:
+    """Tables of the study's CSVs, the study's own PNGs, and one plot per CSV of every
+    numeric column against K (mean and band over repeats, one line per method)."""
+    path = Path(path)
+    csvs = [path] if path.is_file() else sorted(path.rglob("*.csv"))
+    tables, figures = [], []
+    for i, csv in enumerate(csvs):
+        try:
+            df = pd.read_csv(csv)
+        except (OSError, ValueError) as exc:
+            NOTES.append(f"unroll study: cannot read {csv}: {exc}")
+            continue
+        stem = f"unroll-{i}-{csv.stem}"
+        t = frame_table(
+            stem, f"Unroll study: {csv.name}", df.head(200), f"{csv.name} ({len(df)} rows)"
+        )
+        tables.append(t)
+        kcol = next((c for c in K_NAMES if c in df.columns), None)
+        if kcol is None:
+            continue
+        hue = next((c for c in HUE_NAMES if c in df.columns), None)
+        ys = [c for c in df.select_dtypes("number").columns if c not in (kcol, "seed", "repeat")]
+        if not ys:
+            continue
+        sns.set_theme(style="whitegrid", context="paper")
+        fig, axes = plt.subplots(
+            1, len(ys), figsize=(3.2 * len(ys), 3.0), squeeze=False, layout="constrained"
+        )
+        groups = df.groupby(hue, sort=True) if hue else [("", df)]
+        pal = _palette([g for g, _ in groups]) if hue else {"": "C0"}
+        for j, y in enumerate(ys):
+            ax = axes[0, j]
+            for name, g in groups:
+                s = g.groupby(kcol)[y].agg(["mean", "std"]).fillna(0.0).sort_index()
+                ax.plot(s.index, s["mean"], marker="o", ms=3, color=pal[name], label=str(name))
+                ax.fill_between(
+                    s.index,
+                    s["mean"] - s["std"],
+                    s["mean"] + s["std"],
+                    color=pal[name],
+                    alpha=0.18,
+                    lw=0,
+                )
+            if (df[kcol] > 0).all():
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel(kcol)
+            ax.set_title(y, fontsize=9)
+        if hue:
+            axes[0, 0].legend(fontsize=7)
+        figures.append(
+            _save(
+                fig,
+                out_dir,
+                stem,
+                f"Unroll study: {csv.stem}",
+                f"Every numeric column of {csv.name} against {kcol}.",
+                opts.pdf,
+            )
+        )
+    if path.is_dir():
+        for png in sorted(path.rglob("*.png")):
+            figures.append(Figure(f"Unroll study: {png.stem}", png, f"{png.name} from the study."))
+    return tables, figures
