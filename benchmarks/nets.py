@@ -1,13 +1,14 @@
 """Network builders of the common protocol.
 
 Every method gets its nets from here through `Problem`, so a comparison never mixes
-architectures by accident. Image architectures join this module with the image datasets.
+architectures by accident: MLPFamily for flat data, DCGANFamily for images.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -92,6 +93,155 @@ class MLPFamily:
     def encoder(self, in_shape: Sequence[int] | None = None, out_dim: int = 2) -> nn.Module:
         """Maps data to a vector (reconstructors, VAE encoders)."""
         return self.critic(in_shape, out_dim)
+
+    def mlp(self, in_dim: int, out_dim: int, hidden: Sequence[int] | None = None) -> nn.Module:
+        return mlp(in_dim, out_dim, self.hidden if hidden is None else hidden, self.activation)
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DCGANSpec:
+    """Sizes of a DCGAN-style pair (the discriminator's conv widths at d_ratio = 1).
+
+    Generator: dense layers `g_dense`, a dense map to `g_channels[0]` x b x b, then one
+    stride-2 transposed conv per further entry of `g_channels` and a last one to the
+    image channels (so b = H / 2**len(g_channels)); batch norm and the protocol's
+    activation after every hidden layer, sigmoid output. Discriminator: stride-2 convs of
+    `d_channels` (leaky ReLU 0.2, no batch norm), then dense layers `d_dense`, then out.
+    """
+
+    g_dense: tuple[int, ...] = (1024,)
+    g_channels: tuple[int, ...] = (32, 16)
+    g_kernel: int = 5
+    d_channels: tuple[int, ...] = (16, 32)
+    d_kernel: int = 4
+    d_dense: tuple[int, ...] = (1024,)
+    joint_hidden: int = 512  # (x, z) critics without d_dense still get one joint layer
+
+
+class ConvCritic(nn.Module):
+    """Stride-2 conv trunk on an image, optionally joined with a flat `extra` input."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        channels: Sequence[int],
+        kernel: int,
+        dense: Sequence[int],
+        out_dim: int,
+        extra_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.extra_dim = extra_dim
+        c, h, w = self.in_shape
+        pad = (kernel - 1) // 2
+        layers: list[nn.Module] = []
+        for width in channels:
+            layers += [nn.Conv2d(c, width, kernel, 2, pad), nn.LeakyReLU(0.2)]
+            c = width
+            h = (h + 2 * pad - kernel) // 2 + 1
+            w = (w + 2 * pad - kernel) // 2 + 1
+        layers.append(nn.Flatten())
+        self.trunk = nn.Sequential(*layers)
+        d = c * h * w + extra_dim
+        head: list[nn.Module] = []
+        for width in dense:
+            head += [nn.Linear(d, width), nn.LeakyReLU(0.2)]
+            d = width
+        head.append(nn.Linear(d, out_dim))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x, extra=None):
+        h = self.trunk(x.reshape(x.shape[0], *self.in_shape))
+        if self.extra_dim:
+            h = torch.cat([h, extra.flatten(1)], dim=1)
+        return self.head(h)
+
+
+class DCGANFamily:
+    """Builders for images (C, H, W) in [0, 1]: DCGAN-style conv nets; the same methods
+    as MLPFamily, so every method runs on images unchanged.
+
+    PacGAN's packed critic takes in_shape (m*C, H, W) (or (m, C, H, W)); VEEGAN/ALI's
+    critic(extra_dim=latent) is D(x, z); encoder(out_dim) is the conv trunk with a
+    vector output (reconstructors); mlp() is a plain MLP on flat vectors (LBT's VAE).
+    `d_ratio` scales the discriminator's conv widths (the papers' D = 1/4, 1/2, 1).
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        hidden: Sequence[int],
+        activation: str,
+        spec: DCGANSpec | None = None,
+        d_ratio: float = 1.0,
+    ) -> None:
+        self.data_shape = tuple(data_shape)
+        if len(self.data_shape) != 3:
+            raise ValueError(f"DCGANFamily needs (C, H, W) data, got {self.data_shape}")
+        self.hidden = tuple(hidden)
+        self.activation = activation
+        self.spec = spec or DCGANSpec()
+        self.d_ratio = float(d_ratio)
+        _, h, w = self.data_shape
+        ups = 2 ** len(self.spec.g_channels)
+        if h % ups or w % ups:
+            raise ValueError(f"image size {h}x{w} is not a multiple of {ups}")
+        self.base = (h // ups, w // ups)
+
+    def generator(self, latent_dim: int) -> nn.Module:
+        s, act = self.spec, ACTIVATIONS[self.activation]
+        layers: list[nn.Module] = []
+        d = latent_dim
+        for width in s.g_dense:
+            layers += [nn.Linear(d, width, bias=False), nn.BatchNorm1d(width), act()]
+            d = width
+        c0, (bh, bw) = s.g_channels[0], self.base
+        layers += [nn.Linear(d, c0 * bh * bw, bias=False), nn.BatchNorm1d(c0 * bh * bw), act()]
+        layers.append(Reshape((c0, bh, bw)))
+        k, pad = s.g_kernel, (s.g_kernel - 1) // 2
+        out_pad = 2 + 2 * pad - k  # doubles the size exactly ("same" padding)
+        c = c0
+        for width in s.g_channels[1:]:
+            layers += [
+                nn.ConvTranspose2d(c, width, k, 2, pad, out_pad, bias=False),
+                nn.BatchNorm2d(width),
+                act(),
+            ]
+            c = width
+        layers += [nn.ConvTranspose2d(c, self.data_shape[0], k, 2, pad, out_pad), nn.Sigmoid()]
+        return nn.Sequential(*layers)
+
+    def d_channels(self, ratio: float | None = None) -> tuple[int, ...]:
+        r = self.d_ratio if ratio is None else ratio
+        return tuple(max(1, int(c * r)) for c in self.spec.d_channels)
+
+    def _conv(
+        self, in_shape: Sequence[int] | None, out_dim: int, extra_dim: int, ratio: float
+    ) -> nn.Module:
+        shape = self.data_shape if in_shape is None else tuple(in_shape)
+        if len(shape) == 4:  # (m, C, H, W): pack the m samples along channels
+            shape = (shape[0] * shape[1], *shape[2:])
+        if len(shape) != 3:  # not an image (e.g. a latent code): an MLP
+            return JointMLP(flat_dim(shape), extra_dim, out_dim, self.hidden, "leaky_relu")
+        s = self.spec
+        dense = s.d_dense or ((s.joint_hidden,) if extra_dim else ())
+        return ConvCritic(shape, self.d_channels(ratio), s.d_kernel, dense, out_dim, extra_dim)
+
+    def critic(
+        self, in_shape: Sequence[int] | None = None, out_dim: int = 1, extra_dim: int = 0
+    ) -> nn.Module:
+        """Conv discriminator on images of `in_shape`; ``net(x, extra)`` if extra_dim.
+        Its conv widths are scaled by d_ratio."""
+        return self._conv(in_shape, out_dim, extra_dim, self.d_ratio)
+
+    def encoder(self, in_shape: Sequence[int] | None = None, out_dim: int = 2) -> nn.Module:
+        """Conv net from images to a vector (VEEGAN's reconstructor, ALI's encoder): the
+        discriminator's architecture at full width (d_ratio is about D only)."""
+        return self._conv(in_shape, out_dim, 0, 1.0)
 
     def mlp(self, in_dim: int, out_dim: int, hidden: Sequence[int] | None = None) -> nn.Module:
         return mlp(in_dim, out_dim, self.hidden if hidden is None else hidden, self.activation)

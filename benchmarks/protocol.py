@@ -17,7 +17,7 @@ import torch
 from mcbench.datasets.base import Dataset
 from mcbench.errors import McbenchError
 from mcbench.method import Problem
-from mcbench.nets import MLPFamily
+from mcbench.nets import DCGANFamily, DCGANSpec, MLPFamily
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,111 @@ MIXTURE2D = Protocol(
 PROTOCOLS: dict[str, Protocol] = {"mixture2d": MIXTURE2D}
 
 
+@dataclass(frozen=True)
+class ImageProtocol(Protocol):
+    """Protocol of an image family: DCGAN-style conv nets (`nets.DCGANFamily`).
+
+    `hidden` is the width of the dense layers and the default MLP width; `activation`
+    is the generator's (the discriminator uses leaky ReLU 0.2); `d_ratio` scales the
+    discriminator's conv widths (the papers compare D = 1/4, 1/2 and 1).
+    """
+
+    d_ratio: float = 1.0
+    spec: DCGANSpec = dataclasses.field(default_factory=DCGANSpec)
+
+
+# Stacked MNIST (LBT paper 5.2 and the LBT authors' code): generator dense 1024 ->
+# 7*7*32 -> deconv 16 -> deconv 3 (5x5, stride 2, batch norm, ReLU, sigmoid), latent
+# 256; discriminator conv 16 -> conv 32 (4x4, stride 2) -> dense 1024 -> 1, leaky ReLU
+# 0.2, no batch norm (the code's default), conv widths x d_ratio (default 1); all lr
+# 1e-4, Adam beta1 0.5, batch 512, 300,000 iterations; 26,000 evaluation samples; VAE
+# estimator MLPs 1000-400 (ReLU, as in the code).
+STACKED_MNIST = ImageProtocol(
+    family="stacked-mnist",
+    hidden=(1024,),
+    activation="relu",
+    latent_dim=256,
+    batch_size=512,
+    lr_g=1e-4,
+    lr_d=1e-4,
+    betas=(0.5, 0.999),
+    steps=300_000,
+    eval_every=10_000,
+    eval_samples=26_000,
+    source="LBT paper 5.2 (Stacked MNIST, 26,000 samples, VAE 1000-400); LBT authors' "
+    "code (DCGAN sizes, d_ratio, lr 1e-4, beta1 0.5, batch 512, 300k iterations)",
+    estimator_hidden=(1000, 400),
+    d_ratio=1.0,
+    spec=DCGANSpec(),
+)
+
+# MNIST: the Stacked MNIST nets on one channel (no paper protocol of its own).
+MNIST = dataclasses.replace(
+    STACKED_MNIST,
+    family="mnist",
+    source="the Stacked MNIST protocol on one channel (no paper setting of its own)",
+)
+
+# CIFAR-10 / CelebA: sizes from the LBT authors' CIFAR-10 code (generator dense
+# 4x4x512 -> deconv 256 -> 128 -> 3, 5x5 stride 2; discriminator conv 64 -> 128 -> 256,
+# 5x5 stride 2, leaky ReLU 0.2), one more level for 64x64 CelebA; sigmoid output on
+# [0, 1] data where the code uses tanh on [-1, 1]; no batch norm or input dropout in D;
+# optimiser and batch of DCGAN (Radford et al. 2016). Judged by sample grids only.
+CIFAR10 = ImageProtocol(
+    family="cifar10",
+    hidden=(1024,),
+    activation="relu",
+    latent_dim=100,
+    batch_size=64,
+    lr_g=2e-4,
+    lr_d=2e-4,
+    betas=(0.5, 0.999),
+    steps=100_000,
+    eval_every=10_000,
+    eval_samples=1_000,
+    source="LBT authors' CIFAR-10 code (net sizes); DCGAN paper (Adam 2e-4, beta1 0.5, "
+    "batch 64, latent 100)",
+    estimator_hidden=(1000, 400),
+    spec=DCGANSpec(
+        g_dense=(),
+        g_channels=(512, 256, 128),
+        g_kernel=5,
+        d_channels=(64, 128, 256),
+        d_kernel=5,
+        d_dense=(),
+    ),
+)
+CELEBA = dataclasses.replace(
+    CIFAR10,
+    family="celeba",
+    source="as cifar10, one more level for 64x64 (LBT paper 5.2 shows CelebA samples only)",
+    spec=DCGANSpec(
+        g_dense=(),
+        g_channels=(512, 256, 128, 64),
+        g_kernel=5,
+        d_channels=(64, 128, 256, 512),
+        d_kernel=5,
+        d_dense=(),
+    ),
+)
+
+PROTOCOLS.update(
+    {
+        "stacked-mnist": STACKED_MNIST,
+        # The same experiment with smaller discriminators (LBT Fig. 3, PacGAN Table 3).
+        "stacked-mnist-d0.5": dataclasses.replace(
+            STACKED_MNIST, family="stacked-mnist-d0.5", d_ratio=0.5
+        ),
+        "stacked-mnist-d0.25": dataclasses.replace(
+            STACKED_MNIST, family="stacked-mnist-d0.25", d_ratio=0.25
+        ),
+        "mnist": MNIST,
+        "cifar10": CIFAR10,
+        "celeba": CELEBA,
+    }
+)
+
+
 def get_protocol(family: str) -> Protocol:
     try:
         return PROTOCOLS[family]
@@ -82,7 +187,12 @@ def make_problem(
     data_rng: torch.Generator,
 ) -> Problem:
     """The Problem a method is built from; every net it builds lands on `device`."""
-    nets = MLPFamily(dataset.shape, protocol.hidden, protocol.activation)
+    if isinstance(protocol, ImageProtocol):
+        nets = DCGANFamily(
+            dataset.shape, protocol.hidden, protocol.activation, protocol.spec, protocol.d_ratio
+        )
+    else:
+        nets = MLPFamily(dataset.shape, protocol.hidden, protocol.activation)
 
     def on_device(build):
         def wrapped(*args, **kwargs):

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mcbench.datasets.base import Dataset
+from mcbench.datasets.images import ImageDataset, celeba, cifar10
 from mcbench.datasets.mixtures import GaussianMixture2D, grid, grid_veegan, ring, ring_veegan
+from mcbench.datasets.mnist import mnist
+from mcbench.datasets.stacked_mnist import stacked_mnist, stacked_mnist_d
 from mcbench.errors import McbenchError
 
 DATASETS: dict[str, Callable[[], Dataset]] = {
@@ -13,6 +16,12 @@ DATASETS: dict[str, Callable[[], Dataset]] = {
     "grid": grid,
     "ring-veegan": ring_veegan,
     "grid-veegan": grid_veegan,
+    "mnist": mnist,
+    "stacked-mnist": stacked_mnist,
+    "stacked-mnist-d0.5": lambda: stacked_mnist_d("0.5"),
+    "stacked-mnist-d0.25": lambda: stacked_mnist_d("0.25"),
+    "cifar10": cifar10,
+    "celeba": celeba,
 }
 
 
@@ -27,4 +36,4 @@ def get_dataset(name: str) -> Dataset:
     return factory()
 
 
-__all__ = ["DATASETS", "Dataset", "GaussianMixture2D", "get_dataset"]
+__all__ = ["DATASETS", "Dataset", "GaussianMixture2D", "ImageDataset", "get_dataset"]
