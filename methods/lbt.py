@@ -1,0 +1,153 @@
+"""LBT: Learning by Teaching (Du, Xu, Li, Zhu, Zhang; ICLR 2019 submission, Algorithm 1).
+
+An implicit generator G teaches an explicit density estimator E (a VAE): E fits G's
+samples, and G is trained so that E, after learning from them, explains the real data.
+
+Per generator update:
+  1. M estimator updates:  phi <- Adam(phi, grad -ELBO(G(z); phi)),  fresh z each
+  2. K unrolled estimator steps from phi on fresh samples G(z_k), with E's own Adam
+     update (moments carried, second moment not differentiated): phi_K(theta)
+  3. generator update:     theta <- Adam(theta, grad_theta -ELBO(x_real; phi_K(theta)))
+     (global-norm clipped in the authors' code)
+
+Presets: `authors-code` (the default: the configuration that produced the published 2-D
+results) and `paper` (K=5, M=15, Adam default betas, no clipping). In the authors' code an
+"estimator update" is itself K Adam steps at 3x the estimator lr, so its 2 updates are
+M = 2K = 10 single Adam steps here; the unrolled steps run at 1x.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from mcbench.errors import McbenchError
+from mcbench.method import Method, Problem, positive
+from mcbench.unroll import AdamState, unroll
+from mcbench.vae import VAE
+
+
+@dataclass
+class LBTConfig:
+    K: int = 5  # unrolled estimator steps per generator update
+    M: int = 10  # estimator Adam steps per generator update (authors: 2 updates x K)
+    est_lr_mult: float = 3.0  # estimator updates run at est_lr_mult x lr_d
+    unroll_lr_mult: float = 1.0  # unrolled steps run at unroll_lr_mult x lr_d
+    vae_latent: int = 32  # VAE latent size (authors' code)
+    decoder_var: float = 1e-3  # decoder variance, fixed unless learn_var
+    learn_var: bool = False  # learn a per-dimension decoder variance instead
+    clip_norm: float = 5.0  # generator gradient global-norm clip; 0 turns it off
+    adam_defaults: bool = False  # Adam betas (0.9, 0.999) instead of the protocol's
+
+    def validate(self, name: str = "lbt") -> None:
+        positive(
+            name,
+            K=self.K,
+            M=self.M,
+            est_lr_mult=self.est_lr_mult,
+            unroll_lr_mult=self.unroll_lr_mult,
+            vae_latent=self.vae_latent,
+            decoder_var=self.decoder_var,
+        )
+        if self.clip_norm < 0:
+            raise McbenchError(f"method {name!r}: clip_norm must be >= 0 (0: no clipping)")
+
+
+PAPER = {"K": 5, "M": 15, "est_lr_mult": 1.0, "clip_norm": 0.0, "adam_defaults": True}
+AUTHORS_CODE = {
+    "K": 5,
+    "M": 10,
+    "est_lr_mult": 3.0,
+    "unroll_lr_mult": 1.0,
+    "vae_latent": 32,
+    "decoder_var": 1e-3,
+    "learn_var": False,
+    "clip_norm": 5.0,
+    "adam_defaults": False,
+}
+
+
+class LBT(Method):
+    name = "lbt"
+    Config = LBTConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "authors-code": AUTHORS_CODE}
+    defaults_from = "LBT authors' code (preset authors-code); preset paper: section 5"
+
+    def __init__(self, problem: Problem, cfg: LBTConfig) -> None:
+        super().__init__(problem, cfg)
+        betas = (0.9, 0.999) if cfg.adam_defaults else problem.betas
+        self.G = problem.generator(problem.latent_dim)
+        self.E = VAE(problem, cfg.vae_latent, cfg.decoder_var, cfg.learn_var)
+        self.opt_g = problem.adam(self.G.parameters(), problem.lr_g, betas)
+        self.opt_e = problem.adam(self.E.parameters(), cfg.est_lr_mult * problem.lr_d, betas)
+        self.unroll_lr = cfg.unroll_lr_mult * problem.lr_d
+        # Diagnostics draw from their own stream (seeded once from the method's) and a
+        # real batch fixed at construction, so evaluating never shifts training streams.
+        seed = int(torch.randint(2**62, (1,), generator=problem.rng, device=problem.device))
+        self.diag_rng = torch.Generator(problem.device).manual_seed(seed)
+        self.diag_real = problem.sample_real(problem.batch_size) if problem.sample_real else None
+
+    # -- the three phases of Algorithm 1 ------------------------------------------------
+
+    def fit_estimator(self, n: int) -> torch.Tensor:
+        """M Adam steps of E on fresh generated samples; returns the last -ELBO."""
+        p, m = self.problem, self.cfg.M
+        with torch.no_grad():  # one generator pass for all M batches
+            fakes = self.G(p.noise(m * n)).chunk(m)
+        eps = self.E.noise(p, m * n).chunk(m)
+        for x, e in zip(fakes, eps, strict=True):
+            loss_e = -self.E(x, e).mean()
+            self.opt_e.zero_grad(set_to_none=True)
+            loss_e.backward()
+            self.opt_e.step()
+        return loss_e.detach()
+
+    def fresh_fakes(self, n: int, k: int) -> list[torch.Tensor]:
+        """k batches of n generated samples, differentiable w.r.t. G, in one pass."""
+        return list(self.G(self.problem.noise(k * n)).chunk(k))
+
+    def unrolled_real_loss(self, real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Tensor:
+        """-ELBO(real; phi_K(theta)), one unrolled step per batch in `fakes` (K of them):
+        differentiable w.r.t. G through its samples."""
+        p, k = self.problem, len(fakes)
+        eps = self.E.noise(p, k * real.shape[0] + real.shape[0]).chunk(k + 1)
+        batches = iter(zip(fakes, eps[:k], strict=True))
+        state = dataclasses.replace(AdamState.from_optimizer(self.E, self.opt_e), lr=self.unroll_lr)
+        params = unroll(self.E, lambda f: -f(*next(batches)).mean(), state, k)
+        return -torch.func.functional_call(self.E, params, (real, eps[k])).mean()
+
+    def generator_loss(self, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss G descends (LBT: the unrolled real-data -ELBO) and what to log."""
+        loss = self.unrolled_real_loss(real, self.fresh_fakes(real.shape[0], self.cfg.K))
+        return loss, {"elbo_real_unrolled": -loss.detach()}
+
+    def generator_grads(self, real: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+        """Gradients of the generator loss w.r.t. G's parameters (E's left untouched)."""
+        loss, logs = self.generator_loss(real)
+        return torch.autograd.grad(loss, list(self.G.parameters())), logs
+
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss_e = self.fit_estimator(real.shape[0])
+        grads, logs = self.generator_grads(real)
+        for prm, g in zip(self.G.parameters(), grads, strict=True):
+            prm.grad = g
+        if self.cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.G.parameters(), self.cfg.clip_norm)
+        self.opt_g.step()
+        return {"elbo_fake": -loss_e, **logs}
+
+    # -- learning curves (paper, workshop version Fig. 4) -----------------------------
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """The estimator's ELBO on a fresh generated batch and on real data."""
+        p, n = self.problem, self.problem.batch_size
+        fake = self.G(p.noise(n, rng=self.diag_rng))
+        out = {"elbo_generated": float(self.E(fake, self.E.noise(p, n, self.diag_rng)).mean())}
+        if self.diag_real is not None:
+            eps = self.E.noise(p, len(self.diag_real), self.diag_rng)
+            out["elbo_real"] = float(self.E(self.diag_real, eps).mean())
+        return out
