@@ -246,8 +246,20 @@ pre {{ background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em;
 code {{ background: #f3f3f3; padding: 0 0.2em; }}
 </style>
 </head>
-<body>
+<body data-js-errors="">
 {body}
+<script>
+// Read back by mcbench.check_report_html: figures decoded and script errors, after load.
+window.addEventListener("error", function (e) {{
+  document.body.dataset.jsErrors += (e.message || "error") + "; ";
+}});
+window.addEventListener("load", function () {{
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }}).length;
+  document.body.dataset.imagesLoaded = ok;
+  document.body.dataset.imagesBroken = imgs.length - ok;
+}});
+</script>
 </body>
 </html>
 """

@@ -72,7 +72,7 @@ STACKED_ALIASES = {
     "KL": ["kl", "kl_uniform", "mode_kl", "stacked_kl"],
 }
 # Which metrics are hidden from the final tables (curves and per-step diagnostics).
-HIDDEN_PREFIXES = ("loss_", "elbo")
+HIDDEN_PREFIXES = ("loss_", "elbo", "failed_at_step")
 ERROR_MODES = ("std", "sem", "both")
 
 
@@ -146,8 +146,11 @@ def _run_record(name: str, cfg: dict[str, Any], rows: pd.DataFrame, d: Path | No
 def _read_run(d: Path) -> tuple[dict, pd.DataFrame] | None:
     try:
         cfg = res.read_config(d)
+        sums = cfg.get("files")  # folders from before checksums have none: read as is
+        if sums is not None and res.sha256_file(d / "metrics.csv") != sums.get("metrics.csv"):
+            return None
         df = pd.read_csv(d / "metrics.csv")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None  # a foreign or damaged folder is not a finished run
     df["run"] = d.name
     df["status"] = cfg.get("status", "unknown")
@@ -168,7 +171,7 @@ def load_results(paths: list[Path | str]) -> Results:
         for d in run_folders:
             got = _read_run(d)
             if got is None:
-                notes.append(f"skipped unreadable run folder {d}")
+                notes.append(f"skipped {d}: unreadable, or metrics.csv fails its checksum")
                 continue
             cfg, df = got
             seen_here.add(d.name)
@@ -290,8 +293,9 @@ def fmt_stat(mean: float, std: float, sem: float, n: int, error: str = "both") -
     if n == 0 or pd.isna(mean):
         return "—"
     if n < 2 or pd.isna(std) or std == 0:
-        d = _decimals(mean, 4) if mean != int(mean) else 0
-        return f"{mean:.{d}f}" + (" ± 0" if n >= 2 else "")
+        text = f"{mean:.{_decimals(mean, 4)}f}"
+        text = text.rstrip("0").rstrip(".") if "." in text else text
+        return text + (" ± 0" if n >= 2 else "")
     err = {"std": std, "sem": sem, "both": std}[error]
     d = _decimals(err, 2)
     text = f"{mean:.{d}f} ± {err:.{d}f}"

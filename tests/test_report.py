@@ -1,0 +1,292 @@
+"""Report tables from synthetic results with known statistics, and the report command on
+a tiny real run (files written, HTML self-contained, Chromium check when available)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mcbench import report
+from mcbench.check_report_html import check, find_chromium
+from mcbench.cli import main
+from mcbench.errors import McbenchError
+
+# Final values per (method, seed): means and stds below follow from them by hand.
+FINAL = {
+    ("a", 0): {"modes_covered": 6.0, "intra_mode_kl": 0.5},
+    ("a", 1): {"modes_covered": 7.0, "intra_mode_kl": 1.0},
+    ("a", 2): {"modes_covered": 8.0, "intra_mode_kl": 1.5},
+    ("b", 0): {"modes_covered": 8.0, "intra_mode_kl": 2.0},
+    ("b", 1): {"modes_covered": 8.0, "intra_mode_kl": 3.0},
+    ("b", 2): {"modes_covered": 8.0, "intra_mode_kl": 4.0},
+}
+
+
+def synthetic_rows() -> pd.DataFrame:
+    """Two methods x 3 ok seeds, evaluated at steps 10 and 20 (step 10 values are decoys),
+    plus one failed run of b whose values must never enter a statistic."""
+    rows = []
+    for (method, seed), final in FINAL.items():
+        run = f"{method}-ring-s{seed}"
+        for metric, value in final.items():
+            for step, v in ((10, -100.0), (20, value)):
+                rows.append((method, "ring", seed, step, metric, v, step / 10, run, "ok"))
+        rows.append((method, "ring", seed, 20, "loss_g", 0.7, 2.0, run, "ok"))
+    for metric in ("modes_covered", "intra_mode_kl"):
+        rows.append(("b", "ring", 9, 10, metric, 1e6, 1.0, "b-ring-s9", "failed"))
+    cols = [*report.res.COLUMNS, "run", "status"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_aggregate_means_stds_counts_and_best():
+    agg = report.aggregate(synthetic_rows()).set_index(["method", "metric"])
+    a, b = agg.loc[("a", "modes_covered")], agg.loc[("b", "modes_covered")]
+    assert (a["mean"], a["std"], a["n"]) == (7.0, 1.0, 3)
+    assert a["sem"] == pytest.approx(1 / math.sqrt(3))
+    assert (b["mean"], b["std"], b["n"], b["runs"], b["failed"]) == (8.0, 0.0, 3, 4, 1)
+    assert (a["runs"], a["failed"]) == (3, 0)
+    kl_a, kl_b = agg.loc[("a", "intra_mode_kl")], agg.loc[("b", "intra_mode_kl")]
+    assert (kl_a["mean"], kl_a["std"]) == (1.0, 0.5)
+    assert (kl_b["mean"], kl_b["std"]) == (3.0, 1.0)
+    # higher modes is better (b), lower KL is better (a); losses have no direction
+    assert bool(b["best"]) and not bool(a["best"])
+    assert bool(kl_a["best"]) and not bool(kl_b["best"])
+    assert not agg.loc[("a", "loss_g"), "best"]
+
+
+def test_all_failed_method_still_counted():
+    rows = synthetic_rows()
+    extra = rows[rows["method"] == "a"].assign(method="c", run=lambda d: "c-" + d["run"])
+    extra["status"] = "failed"
+    agg = report.aggregate(pd.concat([rows, extra], ignore_index=True))
+    c = agg[agg["method"] == "c"]
+    assert list(c["n"]) == [0] and int(c["runs"].iloc[0]) == 3 and int(c["failed"].iloc[0]) == 3
+    md = report.final_table(agg, "ring").markdown()
+    assert "| c | 0 (3) | — | — |" in md
+
+
+def test_markdown_latex_csv_numbers():
+    agg = report.aggregate(synthetic_rows())
+    t = report.final_table(agg, "ring", error="both")
+    md = t.markdown()
+    # mean ± std (standard error), error to 2 significant digits, mean to the same place
+    assert "| a | 3 (0) | 7.0 ± 1.0 (0.58) | **1.00 ± 0.50 (0.29)** |" in md
+    assert "| b | 3 (1) | **8 ± 0** | 3.0 ± 1.0 (0.58) |" in md
+    assert "loss_g" not in md
+    tex = t.latex()
+    assert "\\begin{tabular}{lrrr}" in tex
+    assert "modes\\_covered" in tex and "intra\\_mode\\_kl" in tex
+    assert "a & 3 (0) & 7.0 $\\pm$ 1.0 (0.58) & \\textbf{1.00 $\\pm$ 0.50 (0.29)} \\\\" in tex
+    assert "\\textbf{8 $\\pm$ 0}" in tex
+    csv = pd.read_csv(StringIO(t.csv())).set_index(["method", "metric"])
+    assert csv.loc[("a", "modes_covered"), "mean"] == 7.0
+    assert csv.loc[("a", "modes_covered"), "std"] == 1.0
+    assert csv.loc[("a", "modes_covered"), "sem"] == pytest.approx(1 / math.sqrt(3))
+    assert csv.loc[("b", "intra_mode_kl"), "mean"] == 3.0
+    assert csv.loc[("b", "modes_covered"), "failed"] == 1
+    assert bool(csv.loc[("b", "modes_covered"), "best"])
+    sem_only = report.final_table(agg, "ring", error="sem").markdown()
+    assert "| a | 3 (0) | 7.00 ± 0.58 | **1.00 ± 0.29** |" in sem_only
+
+
+def test_format_rules():
+    assert report.fmt_stat(999.6, 0.49, 0.22, 5, "std") == "999.60 ± 0.49"
+    assert report.fmt_stat(0.19, float("nan"), float("nan"), 1) == "0.19"
+    assert report.fmt_stat(float("nan"), 0, 0, 0) == "—"
+    assert report.fmt_stat(12345.0, 1234.5, 1.0, 3, "std") == "12345 ± 1234"
+
+
+def test_paper_layouts():
+    rows = synthetic_rows()
+    rows.loc[rows["metric"] == "intra_mode_kl", "metric"] = "reverse_kl"
+    agg = report.aggregate(rows)
+    t = report.mixture_table(agg, ["ring"], "std", {"ring": 8})
+    assert t.groups == [("", 1), ("ring", 3)]
+    assert t.markdown().splitlines()[0] == (
+        "| method | ring: modes (of 8) | ring: % high quality | ring: reverse KL |"
+    )
+    assert "| a | 7.0 ± 1.0 | — | **1.00 ± 0.50** |" in t.markdown()
+    assert "\\multicolumn{3}{c}{ring}" in t.latex()
+    # Stacked MNIST metric names are mapped onto the LBT Table 1 rows
+    st = synthetic_rows()
+    st["dataset"] = "stacked-mnist"
+    st["metric"] = (
+        st["metric"].map({"modes_covered": "modes", "intra_mode_kl": "kl"}).fillna(st["metric"])
+    )
+    sagg = report.aggregate(st)
+    names = report.stacked_metric_names(set(sagg["metric"]))
+    assert names == {"Modes": "modes", "KL": "kl"}
+    md = report.stacked_table(sagg, "stacked-mnist", names, "std").markdown()
+    assert md.splitlines()[0] == "|  | a | b |"
+    assert "| Modes | 7.0 ± 1.0 | **8 ± 0** |" in md
+    assert "| KL | **1.00 ± 0.50** | 3.0 ± 1.0 |" in md
+    assert "| seeds ok (failed) | 3 (0) | 3 (1) |" in md
+
+
+def test_published_numbers_match_protocols_file():
+    pub = report.published()
+    assert pub["source"].str.len().min() > 0 and pub["value"].notna().all()
+    assert {"ring", "grid", "ring-veegan", "grid-veegan", "stacked-mnist"} <= set(pub["dataset"])
+    protocols = Path(__file__).resolve().parents[2] / "shared" / "PROTOCOLS.md"
+    if not protocols.is_file():
+        pytest.skip("../shared/PROTOCOLS.md not present")
+    numbers = set(re.findall(r"\d+(?:\.\d+)?", protocols.read_text()))
+    missing = [v for v in pub["value"] if not ({f"{v:g}", f"{v:.1f}", f"{v:.2f}"} & numbers)]
+    assert not missing, f"published.csv values not in PROTOCOLS.md: {missing}"
+
+
+def test_comparison_matches_class_and_hyperparameters():
+    rows = synthetic_rows().replace({"ring": "ring-veegan"})
+    rows.loc[rows["metric"] == "modes_covered", "metric"] = "modes_covered"
+    rows["method"] = rows["method"].map({"a": "pacgan", "b": "gan"})
+    rows["run"] = rows["method"] + rows["run"].str[1:]
+    runs = report.runs_of(rows).assign(selector=lambda d: d["method"], dir="", family="")
+    configs = {
+        r: {"method_class": r.split("-")[0], "hyperparameters": {"m": 3}}
+        for r in runs["run"]
+        if r.startswith("pacgan")
+    }
+    res = report.Results(rows=rows, runs=runs, configs=configs)
+    agg = report.aggregate(rows, runs)
+    t = report.comparison_table(res, agg, "ring-veegan", "std")
+    md = t.markdown()
+    assert "| PacGAN (Lin et al. 2018), Table 1 | PacGAN3 |" in md
+    line3 = next(x for x in md.splitlines() if "PacGAN3" in x and "| modes |" in x)
+    assert line3.endswith("| 7.8 (10 runs) | 7.0 ± 1.0 (pacgan) |")
+    line2 = next(x for x in md.splitlines() if "PacGAN2" in x and "| modes |" in x)
+    assert line2.endswith("| —  |") or line2.endswith("| — |")  # m=3 is not PacGAN2
+    gan = next(x for x in md.splitlines() if "Lin" in x and "| GAN |" in x and "| modes |" in x)
+    assert gan.endswith("| 8 ± 0 (gan) |")
+
+
+def test_unknown_folder_is_a_clean_error(tmp_path):
+    with pytest.raises(McbenchError, match="no results under"):
+        report.load_results([tmp_path])
+    assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    """A 5-step real run of gan on ring, 2 seeds."""
+    out = tmp_path_factory.mktemp("results")
+    args = ["run", "-m", "gan", "-d", "ring", "--steps", "6", "--eval-every", "3"]
+    args += ["--eval-samples", "2000", "--seeds", "0", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    return out
+
+
+def test_report_command_writes_everything(tiny_results, tmp_path, capsys):
+    # a second folder with a failed copy of one run: merged, counted as failed
+    other = tmp_path / "other"
+    src = report.res.run_dirs(tiny_results)[0]
+    dst = other / "runs" / "gan-ring-s7-failedcopy"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(status="failed", failed_step=3, reason="loss g is nan at step 3", seed=7)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    study = tmp_path / "unroll-study"
+    study.mkdir()
+    pd.DataFrame(
+        {
+            "method": ["lbt"] * 3 + ["unrolled-gan"] * 3,
+            "K": [1, 2, 5] * 2,
+            "ms_per_update": [3.0, 5.0, 11.0, 2.0, 3.0, 6.0],
+            "modes_covered": [6, 7, 8, 5, 6, 6],
+        }
+    ).to_csv(study / "unroll.csv", index=False)
+    out = tmp_path / "report"
+    code = main(
+        [
+            "report",
+            str(tiny_results),
+            str(other),
+            "--out",
+            str(out),
+            "--density-samples",
+            "3000",
+            "--no-pdf",
+            "--unroll-study",
+            str(study),
+        ]
+    )
+    assert code == 0
+    assert "| gan | 2 (1) |" in capsys.readouterr().out
+    for name in (
+        "report.md",
+        "report.html",
+        "tables/summary.csv",
+        "tables/runs.csv",
+        "tables/final-ring.md",
+        "tables/final-ring.tex",
+        "tables/final-ring.csv",
+        "tables/mixture-2d.tex",
+        "tables/published-ring.csv",
+        "tables/failed-runs.csv",
+        "figures/density.png",
+        "figures/curves-mixture2d.png",
+        "figures/wallclock-mixture2d.png",
+        "figures/unroll-0-unroll.png",
+    ):
+        assert (out / name).is_file(), name
+    final = pd.read_csv(out / "tables/final-ring.csv")
+    assert set(final["runs"]) == {3} and set(final["failed"]) == {1}
+    assert final.set_index("metric").loc["modes_covered", "n"] == 2
+    md = (out / "report.md").read_text()
+    assert "![Densities (LBT Figure 1)](figures/density.png)" in md
+    assert "LBT paper, section 5.1" in md  # the dataset's source, from dataset_info
+    assert "loss g is nan at step 3" in md
+    html = (out / "report.html").read_text()
+    imgs = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(imgs) >= 4 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert "http://" not in html and "https://" not in html
+    # a run folder alone is a valid input too
+    single = tmp_path / "single"
+    assert main(["report", str(src), "--out", str(single), "--no-figures", "-q"]) == 0
+    assert (single / "tables/final-ring.md").is_file()
+    summary = pd.read_csv(single / "tables/summary.csv")
+    assert set(summary["runs"]) == {1}
+
+
+def test_density_samples_come_from_the_saved_generator(tiny_results):
+    """The density figure samples load_method(run).sample: same weights, same numbers."""
+    import torch
+
+    from mcbench.runner import generate, load_method
+
+    run = report.res.run_dirs(tiny_results)[0]
+    m1, m2 = load_method(run), load_method(run)
+    x1 = generate(m1, 500, torch.Generator().manual_seed(3))
+    x2 = generate(m2, 500, torch.Generator().manual_seed(3))
+    assert torch.equal(x1, x2) and np.isfinite(x1.numpy()).all()
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="Chromium is not installed")
+def test_html_opens_in_headless_chromium(tiny_results, tmp_path):
+    out = tmp_path / "report"
+    assert (
+        main(
+            [
+                "report",
+                str(tiny_results),
+                "--out",
+                str(out),
+                "--density-samples",
+                "2000",
+                "--no-pdf",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    r = check(out / "report.html", tmp_path / "shot.png", height=1200)
+    assert r["ok"], r
+    assert r["images"] == r["loaded"] >= 3 and r["broken"] == 0
+    assert (tmp_path / "shot.png").stat().st_size > 10_000
