@@ -7,6 +7,7 @@ stay where they are.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -140,7 +141,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     for o in outcomes:
         if o["status"] in ("failed", "error") and not o.get("skipped"):
             print(f"mcbench: {o['status']}: {o['run']}: {o.get('reason')}", file=sys.stderr)
-    print(markdown(load(out)))
+    with contextlib.suppress(McbenchError):  # no finished run: the lines above say why
+        print(markdown(load(out)))
     if count["error"]:
         raise RunsFailed(f"{count['error']} run(s) could not run; re-run to retry them")
 

@@ -116,6 +116,8 @@ def build(spec: RunSpec, device: torch.device) -> tuple[Any, Any, torch.Generato
     ds = get_dataset(spec.dataset)
     proto = get_protocol(ds.family)
     torch.manual_seed(derive_seed(spec.seed, "init"))
+    np.random.seed(derive_seed(spec.seed, "numpy") % 2**32)  # for code that uses the
+    random.seed(derive_seed(spec.seed, "python"))  # global numpy or Python streams
     data_rng = _generator(device, derive_seed(spec.seed, "data"))
     method_rng = _generator(device, derive_seed(spec.seed, "method"))
     problem = make_problem(ds, proto, device, method_rng, data_rng)

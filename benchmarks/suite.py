@@ -107,13 +107,16 @@ def _table(where: str, key: str, value: Any) -> dict[str, Any]:
 
 
 def check_dataset(name: str) -> None:
-    """The dataset exists, has a protocol, and its data is there (a dataset may define
-    ``check()`` to look for its files without loading them)."""
+    """The dataset exists, has a protocol, and its data is there, before any work starts:
+    ``ds.check()`` where a dataset defines it (a cheap look for its files), else one
+    sample drawn on the CPU (which loads a local dataset once in this process)."""
     ds = get_dataset(name)
     get_protocol(ds.family)
     check = getattr(ds, "check", None)
     if callable(check):
         check()
+    else:
+        ds.sample(1, torch.Generator().manual_seed(0), torch.device("cpu"))
 
 
 def build_suite(name: str, raw: dict[str, Any]) -> Suite:
@@ -285,6 +288,9 @@ def plan(
     return todo, done
 
 
+CONNECT_TIMEOUT = "20s"
+
+
 def _connect(address: str):
     try:
         from distributed import Client
@@ -293,7 +299,7 @@ def _connect(address: str):
             "--scheduler needs dask.distributed: pip install 'dask[distributed]'"
         ) from None
     try:
-        return Client(address, timeout="20s")
+        return Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise McbenchError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
 
