@@ -194,9 +194,7 @@ class Document:
             elif kind == "figure":
                 f: Figure = obj  # type: ignore[assignment]
                 rel = _relative(f.png, base)
-                out += [f"![{f.title}]({rel})", ""]
-                if f.caption:
-                    out += [f"*{f.caption}*", ""]
+                out += [f"![{f.title}]({rel})", "", f"**{f.title}.** {f.caption}".strip(), ""]
             elif kind == "code":
                 out += ["```", str(obj).rstrip("\n"), "```", ""]
         return "\n".join(out).rstrip("\n") + "\n"
@@ -214,7 +212,8 @@ class Document:
             elif kind == "figure":
                 f: Figure = obj  # type: ignore[assignment]
                 data = base64.b64encode(f.png.read_bytes()).decode("ascii")
-                cap = f"<figcaption>{_inline(f.caption)}</figcaption>" if f.caption else ""
+                text = _inline(f"**{f.title}.** {f.caption}".strip())
+                cap = f"<figcaption>{text}</figcaption>"
                 body.append(
                     f'<figure><img alt="{html.escape(f.title)}" '
                     f'src="data:image/png;base64,{data}">{cap}</figure>'

@@ -28,6 +28,7 @@ from matplotlib.colors import PowerNorm
 from scipy.ndimage import gaussian_filter
 
 from mcbench.document import Figure, Table, frame_table
+from mcbench.report import method_key, sort_methods
 
 # Metrics drawn as curves, in panel order, and those on a log axis (LBT Fig. 2 b, e).
 CURVE_ORDER = [
@@ -57,7 +58,7 @@ NOTES: list[str] = []  # things a figure had to leave out, reported in the notes
 
 
 def _palette(methods: list[str]) -> dict[str, Any]:
-    methods = sorted(set(methods))
+    methods = sort_methods(methods)
     colors = sns.color_palette("tab10" if len(methods) <= 10 else "husl", len(methods))
     return dict(zip(methods, colors, strict=True))
 
@@ -112,7 +113,8 @@ def _representative(results, dataset: str) -> dict[str, Any]:
     runs = results.runs
     sub = runs[(runs["dataset"] == dataset) & (runs["status"] == "ok") & (runs["dir"] != "")]
     out = {}
-    for method, g in sub.sort_values("seed").groupby("method", sort=True):
+    for method in sort_methods(sub["method"]):
+        g = sub[sub["method"] == method].sort_values("seed")
         for r in g.itertuples():
             if (Path(r.dir) / "generator.pt").is_file():
                 out[method] = r
@@ -239,7 +241,8 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
         for j, metric in enumerate(metrics):
             ax = axes[i, j]
             part = sub[sub["metric"] == metric]
-            for method, g in part.groupby("method", sort=True):
+            for method in sort_methods(part["method"]):
+                g = part[part["method"] == method]
                 b = _band(g, x)
                 c = palette.get(method)
                 (line,) = ax.plot(b["x"], b["mean"], color=c, lw=1.3, label=method)
@@ -251,6 +254,7 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
             ax.set_title(f"{d}: {TITLES.get(metric, metric)}", fontsize=9)
             ax.set_xlabel("generator updates" if x == "step" else "training time (s)")
     if handles:
+        handles = {m: handles[m] for m in sort_methods(handles)}
         fig.legend(
             list(handles.values()),
             list(handles),
@@ -281,7 +285,8 @@ def elbo(ok, out_dir, pdf) -> Figure | None:
     sub = ok[ok["metric"].str.startswith("elbo")]
     if sub.empty:
         return None
-    panels = sorted(sub.groupby(["dataset", "method"]).groups)
+    keys = sub.groupby(["dataset", "method"]).groups
+    panels = sorted(keys, key=lambda k: (k[0], method_key(k[1])))
     ncol = min(4, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(
@@ -341,7 +346,8 @@ def sample_grids(results, out_dir, pdf) -> list[Figure]:
     for d in _ordered(runs["dataset"].unique()):
         sub = runs[(runs["dataset"] == d) & (runs["status"] == "ok") & (runs["dir"] != "")]
         found = []
-        for method, g in sub.sort_values("seed").groupby("method", sort=True):
+        for method in sort_methods(sub["method"]):
+            g = sub[sub["method"] == method].sort_values("seed")
             for r in g.itertuples():
                 png = _grid_png(Path(r.dir))
                 if png is not None:

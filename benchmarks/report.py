@@ -72,6 +72,8 @@ STACKED_ALIASES = {
     "KL": ["kl", "kl_uniform", "mode_kl", "stacked_kl"],
 }
 # Which metrics are hidden from the final tables (curves and per-step diagnostics).
+# Method order in tables and legends (the papers' order: baselines first, LBT last).
+METHOD_ORDER = ["gan", "ali", "unrolled-gan", "veegan", "pacgan", "gan-si", "lbt", "lbt-gan"]
 HIDDEN_PREFIXES = ("loss_", "elbo", "failed_at_step")
 ERROR_MODES = ("std", "sem", "both")
 
@@ -216,6 +218,18 @@ def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
         rows["method"] = rows["run"].map(runs.set_index("run")["method"])
 
 
+def method_key(name: str) -> tuple[int, str]:
+    """Sort key: the papers' order of method families, then the full selector."""
+    base = str(name).split("[")[0].split(" ")[0]
+    fams = sorted(METHOD_ORDER, key=len, reverse=True)  # "lbt-gan" before "lbt"
+    fam = next((f for f in fams if base == f or base.startswith(f)), None)
+    return (METHOD_ORDER.index(fam) if fam else len(METHOD_ORDER), str(name))
+
+
+def sort_methods(names) -> list[str]:
+    return sorted(set(names), key=method_key)
+
+
 def load(results_dir: Path) -> pd.DataFrame:
     """All metric rows of a results folder (first version's entry point, kept)."""
     return load_results([results_dir]).rows
@@ -338,7 +352,8 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
     look = _lookup(sub)
     header = ["method", "seeds ok (failed)", *metrics]
     rows = []
-    for method, g in sub.groupby("method", sort=True):
+    for method in sort_methods(sub["method"]):
+        g = sub[sub["method"] == method]
         runs, failed = int(g["runs"].iloc[0]), int(g["failed"].iloc[0])
         n_ok = runs - failed
         row = [Cell(method), Cell(f"{n_ok} ({failed})")]
@@ -366,7 +381,7 @@ def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dic
         header += ["reverse KL"]
         groups.append((d, len(metrics)))
     rows = []
-    for method in sorted(agg.loc[agg["dataset"].isin(datasets), "method"].unique()):
+    for method in sort_methods(agg.loc[agg["dataset"].isin(datasets), "method"]):
         row = [Cell(method)]
         for d in datasets:
             n_ok = (
@@ -401,7 +416,7 @@ def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error:
     """LBT Table 1 layout: rows Modes and KL, one column per method."""
     sub = agg[agg["dataset"] == dataset]
     look = _lookup(sub)
-    methods = sorted(sub["method"].unique())
+    methods = sort_methods(sub["method"])
     counts = sub.groupby("method")[["runs", "failed"]].first()
     rows = []
     for label, metric in names.items():
@@ -729,7 +744,7 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
     ok = int((runs["status"] == "ok").sum())
     doc.para(
         f"{len(runs)} runs ({ok} ok, {len(runs) - ok} failed) of {runs['method'].nunique()} "
-        f"methods on {len(datasets)} datasets ({', '.join(datasets)}), seeds "
+        f"method(s) on {len(datasets)} dataset(s) ({', '.join(datasets)}), seeds "
         f"{', '.join(map(str, sorted(runs['seed'].unique())))}; read from "
         f"{', '.join(f'`{s}`' for s in results.sources)}. Regenerate with "
         f"`mcbench report {' '.join(str(s) for s in results.sources)}`."

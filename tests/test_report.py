@@ -290,3 +290,18 @@ def test_html_opens_in_headless_chromium(tiny_results, tmp_path):
     assert r["ok"], r
     assert r["images"] == r["loaded"] >= 3 and r["broken"] == 0
     assert (tmp_path / "shot.png").stat().st_size > 10_000
+
+
+def test_merged_budgets_are_never_averaged():
+    runs = pd.DataFrame(
+        {
+            "run": ["r1", "r2", "r3"],
+            "selector": ["gan"] * 3,
+            "dataset": ["ring"] * 3,
+            "steps": [300, 300, 2000],
+        }
+    )
+    rows = pd.DataFrame({"run": ["r1", "r2", "r3"], "method": ["gan"] * 3})
+    report._label_methods(rows, runs)
+    assert list(runs["method"]) == ["gan (300 steps)", "gan (300 steps)", "gan (2000 steps)"]
+    assert list(rows["method"]) == list(runs["method"])
