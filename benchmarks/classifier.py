@@ -119,7 +119,7 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
 
 
 def _to_float(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(a).to(device).float().div_(255.0).unsqueeze(1)
+    return torch.tensor(a, device=device).float().div_(255.0).unsqueeze(1)
 
 
 @torch.no_grad()

