@@ -248,11 +248,19 @@ def device_slot(device: str | None) -> Iterator[torch.device]:
 
 
 def _worker(
-    spec: RunSpec, results_dir: str, device: str | None, threads: int, opts: dict[str, Any]
+    spec: RunSpec,
+    results_dir: str,
+    device: str | None,
+    threads: int,
+    opts: dict[str, Any],
+    parent: int | None = None,
 ) -> dict[str, Any]:
     """One run in a worker (this process, a joblib process or a Dask worker). Anything
     that escapes the run (a full disk, a broken plugin) is reported, not raised, so that
-    the other runs go on."""
+    the other runs go on. A joblib worker whose `parent` died (the suite was killed)
+    exits instead of starting another run."""
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)  # an orphaned joblib worker: nobody waits for this run any more
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -336,6 +344,7 @@ def run_specs(
     else:
         width = max(1, min(jobs, len(todo)))
     bar = tqdm(total=len(todo), disable=not progress, unit="run", desc="mcbench")
+    bar.set_postfix(ok=0, failed=0, running=width, earlier=len(outcomes))
     landed: list[dict[str, Any]] = []
 
     def land(out: dict[str, Any]) -> None:
@@ -346,6 +355,7 @@ def run_specs(
             ok=n["ok"],
             failed=n["failed"] + n["error"],
             running=min(width, len(todo) - len(landed)),
+            earlier=len(outcomes),
             last=f"{out['run'][:32]}:{out['status']}",
         )
         bar.update(1)
@@ -372,7 +382,8 @@ def run_specs(
             from joblib import Parallel, delayed
 
             pool = Parallel(n_jobs=width, return_as="generator_unordered")
-            for out in pool(delayed(_worker)(s, *args) for s in todo):
+            me = os.getpid()
+            for out in pool(delayed(_worker)(s, *args, parent=me) for s in todo):
                 land(out)
     finally:
         bar.close()

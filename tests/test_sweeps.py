@@ -133,6 +133,7 @@ def test_global_random_streams_are_restored(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(numbers(resumed), numbers(whole))
 
 
+@pytest.mark.slow  # two `mcbench` processes; most of its time is their imports
 def test_sigkill_of_a_suite_then_rerun_gives_the_uninterrupted_numbers(tmp_path):
     suite = tmp_path / "two.toml"
     suite.write_text(
@@ -303,10 +304,15 @@ def test_gpu_slots_give_concurrent_runs_different_devices(tmp_path, monkeypatch)
 # -- Dask ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts 4 worker processes; most of its time is their imports
 def test_local_dask_cluster_runs_the_smoke_suite(tmp_path, capsys):
+    """Through a real scheduler and two worker processes; same numbers as in-process
+    and as joblib processes."""
     distributed = pytest.importorskip("distributed")
-    argv = ["run", "--suite", "smoke", "-m", "gan", "-m", "pacgan", "--no-progress"]
+    argv = ["run", "--suite", "smoke", "-m", "gan", "-m", "pacgan", "--steps", "10",
+            "--eval-every", "5", "--eval-samples", "1000", "--no-progress"]  # fmt: skip
     assert main([*argv, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*argv, "--jobs", "2", "--out", str(tmp_path / "joblib")]) == 0
     with (
         distributed.LocalCluster(
             n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
@@ -319,8 +325,13 @@ def test_local_dask_cluster_runs_the_smoke_suite(tmp_path, capsys):
     assert "| pacgan |" in capsys.readouterr().out
     ran_on = {res.read_config(d)["environment"]["pid"] for d in res.run_dirs(out)}
     assert ran_on <= workers and os.getpid() not in ran_on
+    joblib_pids = {
+        res.read_config(d)["environment"]["pid"] for d in res.run_dirs(tmp_path / "joblib")
+    }
+    assert os.getpid() not in joblib_pids
     for d in res.run_dirs(tmp_path / "serial"):
         pd.testing.assert_frame_equal(numbers(out / "runs" / d.name), numbers(d))
+        pd.testing.assert_frame_equal(numbers(tmp_path / "joblib" / "runs" / d.name), numbers(d))
 
 
 def test_unreachable_scheduler_is_one_line_error(tmp_path, capsys, monkeypatch):
