@@ -1,0 +1,322 @@
+"""The unroll-depth study: what each unrolled step costs, and what it buys.
+
+For every method with an unroll depth K (`lbt`, `lbt-gan`, `unrolled-gan` when present)
+and K in --ks:
+  cost     time per generator update (wall and CPU ms, after warm-up; CUDA synchronised)
+           and the step's peak memory (CPU: growth of the process's peak RSS over the
+           built model, measured in a fresh subprocess per (method, K); CUDA:
+           torch.cuda.max_memory_allocated over the allocation before the steps);
+  fit      least-squares line  cost = a + b K  per method: b is the cost per unrolled step;
+  quality  modes covered and high-quality share on --dataset after the same number of
+           generator updates (--steps) and after the same training time (--seconds; by
+           default what K = 5 needs for --steps), seeds --seeds.
+Writes cost.csv, fit.csv, quality.csv, table.md, cost.png, quality.png and machine.json
+to --out. Training time on a CPU is the process's CPU time, which a shared machine
+disturbs less than wall time; on CUDA it is synchronised wall time.
+
+    python -m mcbench.depth_study --out results/reference/depth_study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mcbench.errors import McbenchError
+from mcbench.registry import methods
+from mcbench.runner import RunSpec, build, default_device, derive_seed, generate
+
+STUDY_METHODS = ("lbt", "lbt-gan", "unrolled-gan")
+KS = (1, 2, 5, 10, 20)
+
+
+class Clock:
+    """Training time: synchronised wall time on CUDA, process CPU time on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+        return time.process_time()
+
+
+def measure_cost(
+    method: str, k: int, dataset: str, device: torch.device, warmup: int, steps: int
+) -> dict[str, float]:
+    """ms per generator update and the update's peak memory, in this process."""
+    m, ds, data_rng = build(RunSpec(method, dataset, 0, steps, steps, 1, {"K": k}), device)
+    batches = [ds.sample(m.problem.batch_size, data_rng, device) for _ in range(warmup + steps)]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    for real in batches[:warmup]:
+        m.step(real)
+    clock = Clock(device)
+    w0, c0 = time.perf_counter(), clock()
+    for real in batches[warmup:]:
+        m.step(real)
+    c1 = clock()
+    w1 = time.perf_counter()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {
+        "method": method,
+        "K": k,
+        "wall_ms": 1000 * (w1 - w0) / steps,
+        "cpu_ms": 1000 * (c1 - c0) / steps,
+        "peak_mem_mb": peak / 2**20,
+    }
+
+
+def cost_in_subprocess(method: str, k: int, args: argparse.Namespace) -> dict[str, float]:
+    """A fresh process per point, so one point's peak memory never hides another's."""
+    cmd = [sys.executable, "-m", "mcbench.depth_study", "--measure", method, str(k)]
+    cmd += ["--dataset", args.dataset, "--warmup", str(args.warmup)]
+    cmd += ["--time-steps", str(args.time_steps), "--threads", str(args.threads)]
+    cmd += ["--device", str(args.device)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise McbenchError(f"cost of {method} K={k} failed: {out.stderr.strip()[-500:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fit_lines(cost: pd.DataFrame) -> pd.DataFrame:
+    """cost = a + b K per method, for time and memory."""
+    rows = []
+    for method, g in cost.groupby("method", sort=False):
+        row: dict[str, Any] = {"method": method}
+        for col in ("wall_ms", "cpu_ms", "peak_mem_mb"):
+            b, a = np.polyfit(g["K"], g[col], 1)
+            pred = a + b * g["K"]
+            ss = float(((g[col] - g[col].mean()) ** 2).sum())
+            row[f"{col}_per_step"] = b
+            row[f"{col}_base"] = a
+            row[f"{col}_r2"] = 1 - float(((g[col] - pred) ** 2).sum()) / ss if ss else 1.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def train_quality(
+    method: str, k: int, seed: int, args: argparse.Namespace, seconds: float
+) -> list[dict[str, Any]]:
+    """Train until both budgets are spent; evaluate where each one runs out."""
+    device = args.device
+    spec = RunSpec(method, args.dataset, seed, args.steps, args.steps, args.eval_samples, {"K": k})
+    m, ds, data_rng = build(spec, device)
+    clock = Clock(device)
+    spent, step, rows = 0.0, 0, []
+    todo = {"steps": args.steps, "seconds": seconds}
+    while todo:
+        real = ds.sample(m.problem.batch_size, data_rng, device)
+        t0 = clock()
+        m.step(real)
+        spent += clock() - t0
+        step += 1
+        for budget, limit in list(todo.items()):
+            if (step if budget == "steps" else spent) >= limit:
+                rng = torch.Generator(device).manual_seed(derive_seed(seed, "depth-eval"))
+                res = ds.evaluate(generate(m, args.eval_samples, rng))
+                rows.append(
+                    {
+                        "method": method,
+                        "K": k,
+                        "seed": seed,
+                        "budget": budget,
+                        "steps": step,
+                        "train_s": spent,
+                        **res,
+                    }
+                )
+                del todo[budget]
+    return rows
+
+
+def machine(device: torch.device, threads: int) -> dict[str, Any]:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        info["cpu"] = platform.processor()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def plots(cost: pd.DataFrame, quality: pd.DataFrame, out: Path, time_col: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    sns.lineplot(cost, x="K", y=time_col, hue="method", marker="o", ax=ax[0])
+    ax[0].set(ylabel="ms per generator update", title="time")
+    sns.lineplot(cost, x="K", y="peak_mem_mb", hue="method", marker="o", ax=ax[1])
+    ax[1].set(ylabel="peak memory of a step (MiB)", title="memory")
+    fig.tight_layout()
+    fig.savefig(out / "cost.png", dpi=120)
+    plt.close(fig)
+
+    if quality.empty:
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for i, budget in enumerate(("steps", "seconds")):
+        q = quality[quality["budget"] == budget]
+        sns.lineplot(q, x="K", y="modes_covered", hue="method", marker="o", ax=ax[i])
+        ax[i].set(title=f"same {'generator updates' if budget == 'steps' else 'training time'}")
+    fig.tight_layout()
+    fig.savefig(out / "quality.png", dpi=120)
+    plt.close(fig)
+
+
+def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, args) -> str:
+    t = "cpu_ms" if args.device.type == "cpu" else "wall_ms"
+    q = (
+        quality.groupby(["method", "K", "budget"])[["modes_covered", "high_quality_pct", "steps"]]
+        .mean()
+        .unstack("budget")
+    )
+    lines = [
+        "# Unroll-depth study",
+        "",
+        f"Machine: {info.get('cpu', '')} {info.get('gpu', '')}, {info['device']}, "
+        f"{info['threads']} thread(s), torch {info['torch']}, {info['date_utc']} UTC, "
+        f"load average at start {info['load_avg_at_start'][0]:.1f}.",
+        f"Dataset {args.dataset}; seeds {args.seeds}; quality after {args.steps} updates and "
+        f"after the same training time ({t.split('_')[0]}); {args.eval_samples} samples.",
+        "",
+        "| method | K | ms/update (wall) | ms/update (CPU) | peak MiB | modes @steps | "
+        "HQ% @steps | modes @time | HQ% @time | updates @time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in cost.itertuples():
+        key = (r.method, r.K)
+        qq = q.loc[key] if key in q.index else None
+
+        def g(col, budget, fmt, qq=qq):
+            return fmt.format(qq[(col, budget)]) if qq is not None else "-"
+
+        lines.append(
+            f"| {r.method} | {r.K} | {r.wall_ms:.1f} | {r.cpu_ms:.1f} | {r.peak_mem_mb:.1f} | "
+            f"{g('modes_covered', 'steps', '{:.1f}')} | {g('high_quality_pct', 'steps', '{:.1f}')} | "
+            f"{g('modes_covered', 'seconds', '{:.1f}')} | "
+            f"{g('high_quality_pct', 'seconds', '{:.1f}')} | {g('steps', 'seconds', '{:.0f}')} |"
+        )
+    lines += [
+        "",
+        "Linear fit cost = a + b K (least squares over the K values above):",
+        "",
+        "| method | ms per unrolled step (b) | base ms (a) | R^2 | MiB per unrolled step | base MiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in fit.to_dict("records"):
+        lines.append(
+            f"| {r['method']} | {r[t + '_per_step']:.2f} | {r[t + '_base']:.1f} | "
+            f"{r[t + '_r2']:.3f} | {r['peak_mem_mb_per_step']:.2f} | {r['peak_mem_mb_base']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mcbench.depth_study", description=__doc__)
+    p.add_argument("--methods", default=",".join(STUDY_METHODS))
+    p.add_argument("--ks", default=",".join(map(str, KS)))
+    p.add_argument("--dataset", default="ring")
+    p.add_argument("--warmup", type=int, default=2, help="untimed updates per cost point")
+    p.add_argument("--time-steps", type=int, default=5, help="timed updates per cost point")
+    p.add_argument("--steps", type=int, default=150, help="quality: generator updates")
+    p.add_argument("--seconds", type=float, default=None, help="quality: training seconds")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--eval-samples", type=int, default=20_000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default="results/reference/depth_study")
+    p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--measure", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.device = torch.device(args.device) if args.device else default_device()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    if args.measure:
+        method, k = args.measure
+        res = measure_cost(method, int(k), args.dataset, args.device, args.warmup, args.time_steps)
+        print(json.dumps(res))
+        return 0
+    available = methods()
+    names = [m for m in args.methods.split(",") if m in available]
+    missing = sorted(set(args.methods.split(",")) - set(names))
+    if missing:
+        print(f"depth_study: not available, left out: {', '.join(missing)}", file=sys.stderr)
+    ks = [int(k) for k in args.ks.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine(args.device, args.threads)
+    cost = pd.DataFrame([cost_in_subprocess(m, k, args) for m in names for k in ks])
+    cost.to_csv(out / "cost.csv", index=False)
+    fit = fit_lines(cost)
+    fit.to_csv(out / "fit.csv", index=False)
+    time_col = "cpu_ms" if args.device.type == "cpu" else "wall_ms"
+    rows: list[dict[str, Any]] = []
+    info["seconds_budget"] = {}
+    if not args.skip_quality:
+        for m in names:
+            ref = cost[(cost["method"] == m)].set_index("K")[time_col]
+            seconds = args.seconds or args.steps * float(ref.get(5, ref.median())) / 1000
+            info["seconds_budget"][m] = seconds
+            for k in ks:
+                for seed in seeds:
+                    rows += train_quality(m, k, seed, args, seconds)
+                    print(f"depth_study: quality {m} K={k} seed={seed} done", file=sys.stderr)
+    quality = pd.DataFrame(
+        rows,
+        columns=["method", "K", "seed", "budget", "steps", "train_s", "modes_covered"]
+        + ["high_quality_pct", "intra_mode_kl"],
+    )
+    quality.to_csv(out / "quality.csv", index=False)
+    (out / "machine.json").write_text(json.dumps(info, indent=2))
+    (out / "table.md").write_text(table(cost, fit, quality, info, args))
+    plots(cost, quality, out, time_col)
+    print((out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
