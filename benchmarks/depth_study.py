@@ -40,6 +40,8 @@ from mcbench.runner import RunSpec, build, default_device, derive_seed, generate
 
 STUDY_METHODS = ("lbt", "lbt-gan", "unrolled-gan")
 KS = (1, 2, 5, 10, 20)
+QUALITY_COLUMNS = ("method", "K", "seed", "budget", "steps", "train_s", "modes_covered")
+QUALITY_COLUMNS += ("high_quality_pct", "intra_mode_kl")
 
 
 class Clock:
@@ -231,7 +233,8 @@ def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, ar
 
         lines.append(
             f"| {r.method} | {r.K} | {r.wall_ms:.1f} | {r.cpu_ms:.1f} | {r.peak_mem_mb:.1f} | "
-            f"{g('modes_covered', 'steps', '{:.1f}')} | {g('high_quality_pct', 'steps', '{:.1f}')} | "
+            f"{g('modes_covered', 'steps', '{:.1f}')} | "
+            f"{g('high_quality_pct', 'steps', '{:.1f}')} | "
             f"{g('modes_covered', 'seconds', '{:.1f}')} | "
             f"{g('high_quality_pct', 'seconds', '{:.1f}')} | {g('steps', 'seconds', '{:.0f}')} |"
         )
@@ -239,7 +242,8 @@ def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, ar
         "",
         "Linear fit cost = a + b K (least squares over the K values above):",
         "",
-        "| method | ms per unrolled step (b) | base ms (a) | R^2 | MiB per unrolled step | base MiB |",
+        "| method | ms per unrolled step (b) | base ms (a) | R^2 | MiB per unrolled step "
+        "| base MiB |",
         "|---|---|---|---|---|---|",
     ]
     for r in fit.to_dict("records"):
@@ -307,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"depth_study: quality {m} K={k} seed={seed} done", file=sys.stderr)
     quality = pd.DataFrame(
         rows,
-        columns=["method", "K", "seed", "budget", "steps", "train_s", "modes_covered"]
-        + ["high_quality_pct", "intra_mode_kl"],
+        columns=[*QUALITY_COLUMNS],
     )
     quality.to_csv(out / "quality.csv", index=False)
     (out / "machine.json").write_text(json.dumps(info, indent=2))
