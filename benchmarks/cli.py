@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 def cmd_list(args: argparse.Namespace) -> None:
     from mcbench.datasets import DATASETS, get_dataset
     from mcbench.registry import methods
-    from mcbench.suite import load_suite, suite_names
+    from mcbench.suite import suite_description, suite_names
 
     reg = methods()
     data = {
@@ -39,7 +39,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             }
             for n, e in reg.items()
         },
-        "suites": {n: load_suite(n).description for n in suite_names()},
+        "suites": {n: suite_description(n) for n in suite_names()},
     }
     if args.json:
         print(json.dumps(data, indent=2, default=str))

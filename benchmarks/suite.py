@@ -81,6 +81,12 @@ def _read(name_or_path: str) -> tuple[str, dict[str, Any]]:
         raise McbenchError(f"suite {name_or_path}: malformed TOML: {exc}") from None
 
 
+def suite_description(name: str) -> str:
+    """A suite's description, read without expanding or checking it (for `list`)."""
+    _, raw = _read(name)
+    return str(raw.get("description", ""))
+
+
 def _positive_int(where: str, key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise McbenchError(f"{where}: {key} must be a positive integer, got {value!r}")
