@@ -54,6 +54,7 @@ TITLES = {
 }
 DPI = 100
 BINS = 240
+MAX_COLS = 7  # density panels per row; more methods wrap onto further rows
 NOTES: list[str] = []  # things a figure had to leave out, reported in the notes section
 
 
@@ -153,36 +154,46 @@ def density(results, out_dir: Path, opts, palette) -> Figure | None:
         return None
     device = torch.device(opts.device)
     n = opts.density_samples
-    ncol = 1 + max(len(r[2]) for r in rows)
-    fig, axes = plt.subplots(
-        len(rows), ncol, figsize=(1.9 * ncol, 2.0 * len(rows)), squeeze=False, layout="constrained"
-    )
-    for i, (d, ds, reps) in enumerate(rows):
+    images = []  # per dataset: its extent and the panels (title, density image)
+    for d, ds, reps in rows:
         lo, hi = ds.centers.min(0), ds.centers.max(0)
         pad = max(6 * ds.std, 0.15 * float((hi - lo).max()))
         extent = (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
         sigma = max(0.7, 0.5 * ds.std / ((extent[1] - extent[0]) / BINS))
         gen = torch.Generator().manual_seed(derive_seed(0, f"report-data-{d}"))
-        panels = [("data", ds.sample(n, gen, torch.device("cpu")).numpy(), "")]
+        samples = [(f"data\n{d}", ds.sample(n, gen, torch.device("cpu")).numpy())]
         for method, r in reps.items():
             try:
                 m = load_method(Path(r.dir), device)
                 rng = torch.Generator(device=device).manual_seed(derive_seed(int(r.seed), "report"))
-                x = generate(m, n, rng).numpy()
+                samples.append((f"{method}\n{d}, seed {r.seed}", generate(m, n, rng).numpy()))
             except Exception as exc:  # a method missing here must not stop the report
                 NOTES.append(f"density plot: could not sample {r.run}: {type(exc).__name__}: {exc}")
-                continue
-            panels.append((method, x, f"seed {r.seed}"))
+        panels = [(t, _density_image(x[np.isfinite(x).all(1)], extent, sigma)) for t, x in samples]
+        images.append((extent, panels))
+    ncol = min(MAX_COLS, max(len(p) for _, p in images))
+    layout = [
+        (extent, panels[k : k + ncol])
+        for extent, panels in images
+        for k in range(0, len(panels), ncol)
+    ]
+    fig, axes = plt.subplots(
+        len(layout),
+        ncol,
+        figsize=(1.9 * ncol, 2.0 * len(layout)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for i, (extent, panels) in enumerate(layout):
         for j in range(ncol):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.grid(False)
             if j >= len(panels):
                 ax.axis("off")
                 continue
-            name, x, sub = panels[j]
-            x = x[np.isfinite(x).all(1)]
-            img = _density_image(x, extent, sigma)
+            title, img = panels[j]
             ax.imshow(
                 img,
                 origin="lower",
@@ -192,8 +203,7 @@ def density(results, out_dir: Path, opts, palette) -> Figure | None:
                 aspect="equal",
                 interpolation="nearest",
             )
-            ax.set_title(f"{name}\n{d}" + (f", {sub}" if sub else ""), fontsize=7)
-            ax.grid(False)
+            ax.set_title(title, fontsize=7)
     caption = (
         f"Density of {n:,} samples from each method's final generator (lowest ok seed) and from "
         "the data, as the LBT paper's Figure 1: a 2-D histogram smoothed with a Gaussian kernel "

@@ -305,3 +305,18 @@ def test_merged_budgets_are_never_averaged():
     report._label_methods(rows, runs)
     assert list(runs["method"]) == ["gan (300 steps)", "gan (300 steps)", "gan (2000 steps)"]
     assert list(rows["method"]) == list(runs["method"])
+
+
+def test_results_csv_alone_is_enough(tiny_results, tmp_path):
+    """A folder holding only results.csv (no run folders) still gives the tables."""
+    only = tmp_path / "csv-only"
+    only.mkdir()
+    shutil.copy(tiny_results / "results.csv", only / "results.csv")
+    got = report.load_results([only])
+    assert len(got.runs) == 2 and set(got.runs["dir"]) == {""}
+    full = report.load_results([tiny_results])
+    a = report.aggregate(got.rows, got.runs).set_index(["metric"])
+    b = report.aggregate(full.rows, full.runs).set_index(["metric"])
+    assert a.loc["modes_covered", "mean"] == b.loc["modes_covered", "mean"]
+    assert main(["report", str(only), "--out", str(tmp_path / "r"), "-q", "--no-figures"]) == 0
+    assert (tmp_path / "r" / "report.html").is_file()
