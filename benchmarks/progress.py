@@ -67,6 +67,8 @@ def format_status(st: dict[str, Any]) -> str:
         shown = " ".join(f"{k}={v:.4g}" for k, v in e.get("metrics", {}).items())
         seen = f", updated {_age(now - e['updated'])} ago" if "updated" in e else ""
         where = f" on {e['host']}:{e['pid']}" if "host" in e else ""
+        if not e["running"]:
+            where += f", resumes from step {e.get('checkpoint_step', 0) if e['checkpoint'] else 0}"
         lines.append(f"  {state:<11} {e['run']}  step {steps}{where}{seen}  {shown}".rstrip())
     for e in st["failed"]:
         lines.append(f"  failed      {e['run']}  at step {e['step']}: {e['reason']}")

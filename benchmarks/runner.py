@@ -252,6 +252,8 @@ def train(
     status: dict[str, Any] = {"status": "ok", "failed_step": None, "reason": None}
     final_samples = None
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # 0: all losses finite
+    last = prog.rows[-1]["step"] if prog.rows else None
+    latest = {r["metric"]: r["value"] for r in prog.rows if r["step"] == last}
     step = prog.step
 
     def record(step: int, metric: str, value: float) -> None:
@@ -294,14 +296,14 @@ def train(
                     record(step, k, float(v))
                 final_samples = x
                 latest = {r["metric"]: r["value"] for r in prog.rows if r["step"] == step}
-                if progress is not None:
-                    report_progress(progress, spec, step, latest, prog.train_time)
                 if verbose:
                     shown = " ".join(f"{k}={v:.4g}" for k, v in latest.items())
                     _log(f"{spec.run_name()} step {step}/{spec.steps} {shown}")
             if save:
                 prog.step = step
                 _save_checkpoint(checkpoint, spec, method, data_rng, device, prog)
+            if progress is not None and (evaluate or save):
+                report_progress(progress, spec, step, latest, prog.train_time, prog.step)
     except Diverged as exc:
         status = {"status": "failed", "failed_step": exc.step, "reason": str(exc)}
     except McbenchError:
@@ -320,15 +322,22 @@ def train(
 
 
 def report_progress(
-    path: Path, spec: RunSpec, step: int, latest: dict[str, float], train_time: float
+    path: Path,
+    spec: RunSpec,
+    step: int,
+    latest: dict[str, float],
+    train_time: float,
+    checkpoint_step: int = 0,
 ) -> None:
-    """progress.json of a running run, read by `mcbench status`."""
+    """progress.json of a running run (its step, the metrics of its latest evaluation
+    and the step a restart would resume from), read by `mcbench status`."""
     res.write_json_atomic(
         path,
         {
             "run": spec.run_name(),
             "step": step,
             "steps": spec.steps,
+            "checkpoint_step": checkpoint_step,
             "metrics": latest,
             "train_time_s": train_time,
             "updated": time.time(),

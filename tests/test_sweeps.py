@@ -77,6 +77,7 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch, capsys, r
     assert main(["status", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "1 interrupted" in shown and f"step 15/{SPEC.steps}" in shown
+    assert f"resumes from step {15 if every is None else 14}" in shown
     monkeypatch.undo()
     cfg = run(SPEC, tmp_path, checkpoint_every=every)
     assert cfg["status"] == "ok" and cfg["resumed_from"] == [15 if every is None else 14]
