@@ -388,12 +388,14 @@ K_NAMES = ("K", "k", "unroll", "unroll_steps", "unroll_depth", "depth")
 HUE_NAMES = ("method", "name", "selector")
 
 
-def unroll_study(path: Path, out_dir: Path, opts) -> tuple[list[Table], list[Figure]]:
-    """Tables of the study's CSVs, the study's own PNGs, and one plot per CSV of every
-    numeric column against K (mean and band over repeats, one line per method)."""
+def unroll_study(path: Path, out_dir: Path, opts) -> tuple[list[Table], list[Figure], list[str]]:
+    """The study's CSVs as tables, its own PNGs (copied beside the report's figures) and
+    machine description; when the study drew no PNG, a plot per CSV of every numeric
+    column against K (mean and band over seeds; one line per method and budget)."""
     path = Path(path)
     csvs = [path] if path.is_file() else sorted(path.rglob("*.csv"))
-    tables, figures = [], []
+    pngs = [] if path.is_file() else sorted(path.rglob("*.png"))
+    tables, figures, texts = [], [], []
     for i, csv in enumerate(csvs):
         try:
             df = pd.read_csv(csv)
@@ -401,53 +403,60 @@ def unroll_study(path: Path, out_dir: Path, opts) -> tuple[list[Table], list[Fig
             NOTES.append(f"unroll study: cannot read {csv}: {exc}")
             continue
         stem = f"unroll-{i}-{csv.stem}"
-        t = frame_table(
-            stem, f"Unroll study: {csv.name}", df.head(200), f"{csv.name} ({len(df)} rows)"
-        )
-        tables.append(t)
+        caption = f"{csv.name} ({len(df)} rows" + (", first 200 shown)" if len(df) > 200 else ")")
+        tables.append(frame_table(stem, f"Unroll study: {csv.name}", df.head(200), caption))
         kcol = next((c for c in K_NAMES if c in df.columns), None)
-        if kcol is None:
+        if kcol is None or pngs:
             continue
-        hue = next((c for c in HUE_NAMES if c in df.columns), None)
-        ys = [c for c in df.select_dtypes("number").columns if c not in (kcol, "seed", "repeat")]
-        if not ys:
-            continue
-        sns.set_theme(style="whitegrid", context="paper")
-        fig, axes = plt.subplots(
-            1, len(ys), figsize=(3.2 * len(ys), 3.0), squeeze=False, layout="constrained"
-        )
-        groups = df.groupby(hue, sort=True) if hue else [("", df)]
-        pal = _palette([g for g, _ in groups]) if hue else {"": "C0"}
-        for j, y in enumerate(ys):
-            ax = axes[0, j]
-            for name, g in groups:
-                s = g.groupby(kcol)[y].agg(["mean", "std"]).fillna(0.0).sort_index()
-                ax.plot(s.index, s["mean"], marker="o", ms=3, color=pal[name], label=str(name))
-                ax.fill_between(
-                    s.index,
-                    s["mean"] - s["std"],
-                    s["mean"] + s["std"],
-                    color=pal[name],
-                    alpha=0.18,
-                    lw=0,
-                )
-            if (df[kcol] > 0).all():
-                ax.set_xscale("log", base=2)
-            ax.set_xlabel(kcol)
-            ax.set_title(y, fontsize=9)
-        if hue:
-            axes[0, 0].legend(fontsize=7)
+        f = _study_plot(df, kcol, out_dir, stem, csv.name, opts.pdf)
+        if f:
+            figures.append(f)
+    for png in pngs:
+        copy = Path(out_dir) / f"unroll-{png.name}"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(png.read_bytes())
         figures.append(
-            _save(
-                fig,
-                out_dir,
-                stem,
-                f"Unroll study: {csv.stem}",
-                f"Every numeric column of {csv.name} against {kcol}.",
-                opts.pdf,
-            )
+            Figure(f"Unroll study: {png.stem}", copy, f"{png.name}, drawn by the study.")
         )
     if path.is_dir():
-        for png in sorted(path.rglob("*.png")):
-            figures.append(Figure(f"Unroll study: {png.stem}", png, f"{png.name} from the study."))
-    return tables, figures
+        for js in sorted(path.glob("*.json")):
+            texts.append(f"{js.name}:\n{js.read_text()}")
+    return tables, figures, texts
+
+
+def _study_plot(df: pd.DataFrame, kcol: str, out_dir, stem: str, name: str, pdf: bool):
+    cats = [c for c in df.columns if df[c].dtype == object or str(df[c].dtype) == "str"]
+    ys = [
+        c
+        for c in df.select_dtypes("number").columns
+        if c not in (kcol, "seed", "repeat") and df[c].notna().any()
+    ]
+    if not ys:
+        return None
+    label = df[cats].astype(str).agg(", ".join, axis=1) if cats else pd.Series("", index=df.index)
+    pal = _palette(label.unique().tolist())
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(
+        1, len(ys), figsize=(3.2 * len(ys), 3.0), squeeze=False, layout="constrained"
+    )
+    for j, y in enumerate(ys):
+        ax = axes[0, j]
+        for lab, g in df.groupby(label, sort=True):
+            s = g.groupby(kcol)[y].agg(["mean", "std"]).fillna(0.0).sort_index()
+            ax.plot(s.index, s["mean"], marker="o", ms=3, color=pal[lab], label=str(lab))
+            ax.fill_between(
+                s.index,
+                s["mean"] - s["std"],
+                s["mean"] + s["std"],
+                color=pal[lab],
+                alpha=0.18,
+                lw=0,
+            )
+        if (df[kcol] > 0).all():
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(kcol)
+        ax.set_title(y, fontsize=9)
+    if cats:
+        axes[0, 0].legend(fontsize=7)
+    caption = f"Every numeric column of {name} against {kcol}: mean and ±1 std over repeats."
+    return _save(fig, out_dir, stem, f"Unroll study: {Path(name).stem}", caption, pdf)

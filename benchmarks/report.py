@@ -68,8 +68,8 @@ LABELS = {
 }
 # Stacked MNIST (LBT Table 1): the first name present is used for each row.
 STACKED_ALIASES = {
-    "Modes": ["modes", "modes_captured", "stacked_modes", "n_modes"],
-    "KL": ["kl", "kl_uniform", "mode_kl", "stacked_kl"],
+    "Modes": ["modes_covered", "modes", "modes_captured", "stacked_modes", "n_modes"],
+    "KL": ["reverse_kl", "kl", "kl_uniform", "mode_kl", "stacked_kl"],
 }
 # Which metrics are hidden from the final tables (curves and per-step diagnostics).
 # Method order in tables and legends (the papers' order: baselines first, LBT last).
@@ -758,9 +758,7 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
         doc.heading(d, 3)
         doc.table(t)
         tables.append(t)
-    mixtures = [
-        d for d in datasets if "modes_covered" in set(agg.loc[agg["dataset"] == d, "metric"])
-    ]
+    mixtures = [d for d in datasets if _is_mixture(d, families, agg)]
     if mixtures:
         modes = {d: _modes_of(results, d) for d in mixtures}
         t = mixture_table(agg, mixtures, opts.error, modes)
@@ -816,8 +814,10 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
 
         path = opts.unroll_study or study
         doc.heading("Unroll-depth study")
-        got_tables, got_figs = figs.unroll_study(path, fig_dir, opts)
+        got_tables, got_figs, texts = figs.unroll_study(path, fig_dir, opts)
         doc.para(f"Read from `{path}`.")
+        for text in texts:
+            doc.code(text)
         for t in got_tables:
             doc.table(t)
             tables.append(t)
@@ -847,6 +847,13 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
     }
 
 
+def _is_mixture(dataset: str, families: dict[str, str], agg: pd.DataFrame) -> bool:
+    """A 2-D mixture: by its family, or (results.csv only) by its metrics."""
+    if families.get(dataset):
+        return families[dataset] == "mixture2d"
+    return "high_quality_pct" in set(agg.loc[agg["dataset"] == dataset, "metric"])
+
+
 def _dataset_order(runs: pd.DataFrame) -> list[str]:
     first = ["ring", "grid", "ring-veegan", "grid-veegan"]
     names = list(runs["dataset"].unique())
@@ -861,11 +868,17 @@ def _modes_of(results: Results, dataset: str) -> int | None:
     return None
 
 
+STUDY_GLOBS = ("unroll*", "depth*study*")
+
+
 def _find_study(results: Results) -> Path | None:
+    """An unroll-depth study folder (with a CSV) inside or beside a results folder."""
     for src in results.sources:
-        for p in sorted(src.glob("unroll*")):
-            if p.is_dir() and any(p.rglob("*.csv")):
-                return p
+        for folder in (src, src.parent):
+            for pattern in STUDY_GLOBS:
+                for p in sorted(folder.glob(pattern)):
+                    if p.is_dir() and any(p.rglob("*.csv")):
+                        return p
     return None
 
 
@@ -894,7 +907,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-published", action="store_true", help="leave out published numbers")
     parser.add_argument(
         "--unroll-study",
-        help="folder or CSV of the unroll-depth study (default: RESULTS_DIR/unroll*)",
+        help="folder or CSV of the unroll-depth study (default: a folder unroll* or "
+        "depth*study* in or beside RESULTS_DIR)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for sampling generators")
     parser.add_argument("--quiet", "-q", action="store_true", help="print only the output paths")

@@ -124,6 +124,11 @@ def test_paper_layouts():
     sagg = report.aggregate(st)
     names = report.stacked_metric_names(set(sagg["metric"]))
     assert names == {"Modes": "modes", "KL": "kl"}
+    # the names metrics/stacked.py reports take precedence
+    assert report.stacked_metric_names({"modes_covered", "reverse_kl", "kl"}) == {
+        "Modes": "modes_covered",
+        "KL": "reverse_kl",
+    }
     md = report.stacked_table(sagg, "stacked-mnist", names, "std").markdown()
     assert md.splitlines()[0] == "|  | a | b |"
     assert "| Modes | 7.0 ± 1.0 | **8 ± 0** |" in md
@@ -135,6 +140,9 @@ def test_published_numbers_match_protocols_file():
     pub = report.published()
     assert pub["source"].str.len().min() > 0 and pub["value"].notna().all()
     assert {"ring", "grid", "ring-veegan", "grid-veegan", "stacked-mnist"} <= set(pub["dataset"])
+    from mcbench.datasets import DATASETS
+
+    assert set(pub["dataset"]) <= set(DATASETS)  # every row names a dataset of ours
     protocols = Path(__file__).resolve().parents[2] / "shared" / "PROTOCOLS.md"
     if not protocols.is_file():
         pytest.skip("../shared/PROTOCOLS.md not present")
