@@ -258,7 +258,13 @@ def train(
 
     def record(step: int, metric: str, value: float) -> None:
         prog.rows.append(
-            {**base, "step": step, "metric": metric, "value": value, "wall_time": prog.train_time}
+            {
+                **base,
+                "step": step,
+                "metric": metric,
+                "value": float(value),  # plain floats: checkpoints load with weights_only
+                "wall_time": prog.train_time,
+            }
         )
 
     try:
