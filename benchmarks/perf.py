@@ -1,0 +1,900 @@
+"""Performance of the harness on this machine, as ratios measured in one run (issue 8).
+
+Sections (each can be chosen with --sections):
+  overhead    the harness's GAN step (mcbench.runner.train: registry method on ring, the
+              runner's real-data sampling, timing and loss checks) against a bare
+              hand-written PyTorch loop doing the same step (same nets, Adam, batch).
+              Per-step cost of each is the marginal cost T(warmup + steps) - T(warmup)
+              over `steps`, so construction, warm-up and the final evaluation cancel;
+              repetitions alternate A B B A ..., the ratio is the median of the
+              per-repetition ratios. Target (issue 8): at most 1.10 on CPU.
+  peak        dense fp32 torch.mm of n x n at the run's thread count (best of reps), at
+              the start and the end of the run; the larger is the peak.
+  metrics     the mixture metrics of --eval-samples samples of ring (8 modes) and grid
+              (100 modes), drawn from the true distribution.
+  methods     generator updates per second of every registered method (and of the
+              suite's and --extra-methods' selectors) on --dataset, blocks of updates
+              round-robin over methods; FLOPs of one update counted with
+              torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions), so
+              achieved FLOP/s as a fraction of the peak; and what one evaluation costs
+              (generating --eval-samples samples and the method's diagnostics).
+  projection  the --suite's wall time (every run's updates and evaluations) from the
+              measured costs, one process at --threads threads: hours per method.
+  processes   GAN throughput of --processes processes of 1 thread each against one
+              process of --processes threads (CPU only), in overlapping windows.
+
+Writes perf.json (raw numbers, settings, device), perf.csv and perf.md to --out.
+
+    python -m mcbench.perf --out results/reference/perf
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mcbench.datasets import get_dataset
+from mcbench.errors import McbenchError
+from mcbench.protocol import MIXTURE2D
+from mcbench.registry import methods
+from mcbench.runner import RunSpec, build, default_device, derive_seed, generate, train
+
+SECTIONS = ("overhead", "peak", "metrics", "methods", "projection", "processes")
+OVERHEAD_TARGET = 1.10  # issue 8: the harness adds at most 10% per GAN step on CPU
+
+
+# -- device and timing -------------------------------------------------------------------
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on: CPU model, threads, torch, GPU."""
+    info: dict[str, Any] = {
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+    try:
+        info["cpus_usable"] = len(os.sched_getaffinity(0))
+        info["load_avg"] = list(os.getloadavg())
+    except (AttributeError, OSError):  # not on Linux
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return info
+
+
+def now(device: torch.device) -> float:
+    """Wall time after the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+# -- 1. the bare loop and the harness ------------------------------------------------------
+
+
+class BareGAN:
+    """The GAN step written by hand in plain PyTorch: what the harness is compared with.
+
+    Same nets (the 2-D protocol's MLPs), losses, Adam settings, batch and ring data as
+    `mcbench.runner.train` running ``gan`` on ``ring``; none of the harness's code.
+    """
+
+    def __init__(self, device: torch.device, seed: int = 0) -> None:
+        p = MIXTURE2D
+        act = {"tanh": nn.Tanh, "relu": nn.ReLU}[p.activation]
+
+        def net(d_in: int, d_out: int) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for h in p.hidden:
+                layers += [nn.Linear(d_in, h), act()]
+                d_in = h
+            return nn.Sequential(*layers, nn.Linear(d_in, d_out)).to(device)
+
+        ring = get_dataset("ring")
+        torch.manual_seed(seed)
+        self.device, self.n, self.latent = device, p.batch_size, p.latent_dim
+        self.gen = torch.Generator(device).manual_seed(seed)
+        self.centers = torch.as_tensor(ring.centers, dtype=torch.float32, device=device)
+        self.std = ring.std
+        self.G, self.D = net(p.latent_dim, 2), net(2, 1)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=p.lr_g, betas=p.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=p.lr_d, betas=p.betas)
+
+    def step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n, g, dev = self.n, self.gen, self.device
+        idx = torch.randint(len(self.centers), (n,), generator=g, device=dev)
+        real = self.centers[idx] + self.std * torch.randn(n, 2, generator=g, device=dev)
+        fake = self.G(torch.randn(n, self.latent, generator=g, device=dev)).detach()
+        loss_d = F.softplus(-self.D(real)).mean() + F.softplus(self.D(fake)).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        z = torch.randn(n, self.latent, generator=g, device=dev)
+        loss_g = F.softplus(-self.D(self.G(z))).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        return loss_d.detach(), loss_g.detach()
+
+
+def bare_run(steps: int, device: torch.device) -> float:
+    """Seconds to build the bare GAN and take `steps` updates."""
+    t0 = now(device)
+    bare = BareGAN(device)
+    for _ in range(steps):
+        bare.step()
+    return now(device) - t0
+
+
+HARNESS_EVAL_SAMPLES = 1_000  # the runner evaluates once at the end; it cancels out
+
+
+def harness_run(steps: int, device: torch.device) -> float:
+    """Seconds for `mcbench.runner.train` to run ``gan`` on ``ring`` for `steps` updates
+    (one evaluation, of few samples, at the end)."""
+    spec = RunSpec("gan", "ring", 0, steps, steps, HARNESS_EVAL_SAMPLES)
+    t0 = now(device)
+    _, _, status = train(spec, device)
+    dt = now(device) - t0
+    if status["status"] != "ok":
+        raise McbenchError(f"the harness's GAN run failed: {status['reason']}")
+    return dt
+
+
+def measure_overhead(
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    reps: int,
+    runners: dict[str, Callable[[int, torch.device], float]] | None = None,
+) -> dict[str, Any]:
+    """Marginal seconds per step of the harness and of the bare loop, interleaved."""
+    runners = runners or {"harness": harness_run, "bare": bare_run}
+    names = list(runners)
+    for name in names:  # first calls pay one-time costs (imports, allocator): untimed
+        runners[name](warmup, device)
+    per_step: dict[str, list[float]] = {k: [] for k in names}
+    raw: dict[str, list[tuple[float, float]]] = {k: [] for k in names}
+    ratios = []
+    for r in range(reps):
+        order = names if r % 2 == 0 else names[::-1]  # A B, B A, ...: drift cancels
+        for name in order:
+            long = runners[name](warmup + steps, device)
+            short = runners[name](warmup, device)
+            raw[name].append((long, short))
+            per_step[name].append((long - short) / steps)
+        ratios.append(per_step[names[0]][-1] / per_step[names[1]][-1])
+    return {
+        "steps": steps,
+        "warmup": warmup,
+        "reps": reps,
+        "run_s_long_short": raw,
+        "per_step_s": per_step,
+        "ratios": ratios,
+        "ratio_median": median(ratios),
+        "ms_median": {k: 1000 * median(v) for k, v in per_step.items()},
+        "target": OVERHEAD_TARGET,
+    }
+
+
+# -- 2. FLOPs and the matmul peak ----------------------------------------------------------
+
+
+def linear_flops(dims: list[int], n: int) -> tuple[int, int]:
+    """(forward FLOPs of an MLP with layer widths `dims` on n rows, of its first layer)."""
+    total = sum(2 * n * a * b for a, b in itertools.pairwise(dims))
+    return total, 2 * n * dims[0] * dims[1]
+
+
+def gan_step_flops(latent: int, hidden: tuple[int, ...], data_dim: int, n: int) -> int:
+    """Matmul FLOPs of one GAN update (one D step, one G step), from the layer sizes.
+
+    D step: G forward (its output detached), D forward on real and fake, D backward:
+    weight gradients everywhere, input gradients past the first layer (the inputs need
+    none). G step: G and D forward; D backward with weight and input gradients; G
+    backward with weight gradients, input gradients past the first layer.
+    """
+    fg, fg1 = linear_flops([latent, *hidden, data_dim], n)
+    fd, fd1 = linear_flops([data_dim, *hidden, 1], n)
+    d_step = fg + 2 * fd + 2 * fd + 2 * (fd - fd1)
+    g_step = fg + fd + 2 * fd + fg + (fg - fg1)
+    return d_step + g_step
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Matmul and convolution FLOPs of one call (forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(device: torch.device, size: int, reps: int) -> dict[str, Any]:
+    """FLOP/s of a dense fp32 n x n matmul, best and median of `reps` after one warm-up."""
+    g = torch.Generator(device).manual_seed(0)
+    a = torch.randn(size, size, generator=g, device=device)
+    b = torch.randn(size, size, generator=g, device=device)
+    out = torch.empty(size, size, device=device)
+    torch.mm(a, b, out=out)
+    rates = []
+    for _ in range(reps):
+        t0 = now(device)
+        torch.mm(a, b, out=out)
+        rates.append(2 * size**3 / (now(device) - t0))
+    return {"size": size, "reps": reps, "flops_per_s": rates, "best": max(rates)}
+
+
+# -- 3. metric evaluation ------------------------------------------------------------------
+
+
+def measure_metrics(datasets: list[str], n: int, reps: int) -> dict[str, Any]:
+    """Seconds to evaluate n samples of each dataset (its own true samples), interleaved."""
+    data = {}
+    for name in datasets:
+        ds = get_dataset(name)
+        rng = torch.Generator().manual_seed(derive_seed(0, f"perf-{name}"))
+        data[name] = (ds, ds.sample(n, rng, torch.device("cpu")))
+    times: dict[str, list[float]] = {k: [] for k in datasets}
+    values = {}
+    for _ in range(reps):
+        for name, (ds, x) in data.items():
+            t0 = time.perf_counter()
+            values[name] = ds.evaluate(x)
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: {
+            "samples": n,
+            "modes": len(getattr(data[name][0], "centers", [])),
+            "seconds": times[name],
+            "seconds_median": median(times[name]),
+            "values": values[name],
+        }
+        for name in datasets
+    }
+
+
+# -- 4. every method -------------------------------------------------------------------------
+
+
+def method_list(extra: list[str], suite_selectors: list[str]) -> list[str]:
+    out = list(methods())
+    for s in [*suite_selectors, *extra]:
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def measure_methods(
+    selectors: list[str],
+    dataset: str,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    reps: int,
+    eval_samples: int,
+    eval_reps: int,
+) -> dict[str, Any]:
+    """Per-update time (blocks round-robin over methods), FLOPs of one update, and the
+    cost of one evaluation's generation and diagnostics."""
+    built = {}
+    for sel in selectors:
+        m, ds, data_rng = build(RunSpec(sel, dataset, 0, 1, 1, 1), device)
+        built[sel] = (m, ds, data_rng)
+
+    def block(sel: str, k: int) -> None:
+        m, ds, data_rng = built[sel]
+        for _ in range(k):
+            m.step(ds.sample(m.problem.batch_size, data_rng, device))
+
+    for sel in selectors:
+        block(sel, warmup)
+    per_step: dict[str, list[float]] = {s: [] for s in selectors}
+    for r in range(reps):
+        for sel in selectors if r % 2 == 0 else selectors[::-1]:
+            t0 = now(device)
+            block(sel, steps)
+            per_step[sel].append((now(device) - t0) / steps)
+    flops = {sel: count_flops(lambda s=sel: block(s, 1)) for sel in selectors}
+    gen: dict[str, list[float]] = {s: [] for s in selectors}
+    diag: dict[str, list[float]] = {s: [] for s in selectors}
+    for sel in selectors:  # warm the generation path on a small batch
+        generate(built[sel][0], min(eval_samples, 1024), torch.Generator(device).manual_seed(0))
+    for r in range(eval_reps):
+        for sel in selectors:
+            m = built[sel][0]
+            rng = torch.Generator(device).manual_seed(derive_seed(r, "perf-eval"))
+            t0 = now(device)
+            generate(m, eval_samples, rng)
+            t1 = now(device)
+            m.diagnostics()
+            gen[sel].append(t1 - t0)
+            diag[sel].append(now(device) - t1)
+    out = {}
+    for sel in selectors:
+        s = median(per_step[sel])
+        out[sel] = {
+            "step_s": per_step[sel],
+            "step_s_median": s,
+            "updates_per_s": 1.0 / s,
+            "flops_per_update": flops[sel],
+            "flops_per_s": flops[sel] / s,
+            "generate_s": median(gen[sel]),
+            "generate_samples": eval_samples,
+            "diagnostics_s": median(diag[sel]),
+        }
+    return out
+
+
+# -- 5. projection of a suite ------------------------------------------------------------------
+
+
+def evaluations(steps: int, eval_every: int) -> int:
+    """How many evaluations the runner makes: every eval_every steps and at the end."""
+    return steps // eval_every + (1 if steps % eval_every else 0)
+
+
+def project_suite(
+    suite: str,
+    step_s: dict[str, float],
+    generate_s: dict[str, float],
+    generate_samples: int,
+    diagnostics_s: dict[str, float],
+    metric_s: dict[str, float],
+    metric_samples: int,
+) -> dict[str, Any]:
+    """Serial wall time of every run of `suite`: updates x measured step cost, plus each
+    evaluation (generation and metrics scaled linearly to the suite's sample count, and
+    the method's diagnostics). Step costs come from one dataset's measurement."""
+    from mcbench.suite import load_suite
+
+    s = load_suite(suite)
+    runs = []
+    for spec in s.specs:
+        if spec.method not in step_s:
+            raise McbenchError(f"no measured step cost for {spec.method!r}")
+        if spec.dataset not in metric_s:
+            raise McbenchError(f"no measured metric cost for {spec.dataset!r}")
+        n_eval = evaluations(spec.steps, spec.eval_every)
+        scale = spec.eval_samples
+        eval_one = (
+            generate_s[spec.method] * scale / generate_samples
+            + metric_s[spec.dataset] * scale / metric_samples
+            + diagnostics_s[spec.method]
+        )
+        train_s = spec.steps * step_s[spec.method]
+        runs.append(
+            {
+                "method": spec.method,
+                "dataset": spec.dataset,
+                "seed": spec.seed,
+                "steps": spec.steps,
+                "evaluations": n_eval,
+                "train_s": train_s,
+                "eval_s": n_eval * eval_one,
+                "total_s": train_s + n_eval * eval_one,
+            }
+        )
+    per_method: dict[str, dict[str, float]] = {}
+    for r in runs:
+        row = per_method.setdefault(r["method"], {"runs": 0, "train_s": 0.0, "eval_s": 0.0})
+        row["runs"] += 1
+        row["train_s"] += r["train_s"]
+        row["eval_s"] += r["eval_s"]
+        row[f"{r['dataset']}_s"] = row.get(f"{r['dataset']}_s", 0.0) + r["total_s"]
+    total = sum(r["total_s"] for r in runs)
+    for row in per_method.values():
+        row["total_s"] = row["train_s"] + row["eval_s"]
+        row["share"] = row["total_s"] / total if total else math.nan
+    return {
+        "suite": suite,
+        "runs": runs,
+        "per_method": per_method,
+        "total_s": total,
+        "total_h": total / 3600,
+    }
+
+
+# -- 6. processes against threads ----------------------------------------------------------
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """One throughput process: build the GAN on `dataset`, warm up, say ready, wait for
+    'go', run updates for `seconds`, print {steps, seconds}."""
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    m, ds, data_rng = build(RunSpec("gan", args.dataset, 0, 1, 1, 1), device)
+    n = m.problem.batch_size
+    for _ in range(args.method_warmup):
+        m.step(ds.sample(n, data_rng, device))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    steps, t0 = 0, time.perf_counter()
+    while True:
+        m.step(ds.sample(n, data_rng, device))
+        steps += 1
+        dt = time.perf_counter() - t0
+        if dt >= args.worker_seconds:
+            break
+    print(json.dumps({"steps": steps, "seconds": dt, "threads": torch.get_num_threads()}))
+
+
+def run_workers(
+    processes: int, threads: int, seconds: float, warmup: int, dataset: str
+) -> dict[str, Any]:
+    """Start `processes` workers of `threads` threads each; once all are warm they start
+    together. Throughput: the sum of each worker's updates per second."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "mcbench.perf", "--worker", "--threads", str(threads)]
+    cmd += ["--worker-seconds", str(seconds), "--method-warmup", str(warmup)]
+    cmd += ["--dataset", dataset]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                p.wait()
+                raise McbenchError(f"a throughput worker failed: {p.stderr.read().strip()[-300:]}")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            line = p.stdout.readline()
+            if p.wait() != 0 or not line.strip():
+                raise McbenchError(f"a throughput worker failed: {p.stderr.read().strip()[-300:]}")
+            results.append(json.loads(line))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return {
+        "processes": processes,
+        "threads": threads,
+        "workers": results,
+        "updates_per_s": sum(r["steps"] / r["seconds"] for r in results),
+    }
+
+
+def measure_processes(
+    processes: int, seconds: float, warmup: int, reps: int, dataset: str
+) -> dict[str, Any]:
+    """`processes` x 1 thread against 1 x `processes` threads, alternating."""
+    configs = {"procs": (processes, 1), "threads": (1, processes)}
+    tput: dict[str, list[float]] = {k: [] for k in configs}
+    ratios = []
+    for r in range(reps):
+        for k in configs if r % 2 == 0 else list(configs)[::-1]:
+            p, t = configs[k]
+            tput[k].append(run_workers(p, t, seconds, warmup, dataset)["updates_per_s"])
+        ratios.append(tput["procs"][-1] / tput["threads"][-1])
+    return {
+        "processes": processes,
+        "seconds": seconds,
+        "reps": reps,
+        "updates_per_s": tput,
+        "ratios": ratios,
+        "ratio_median": median(ratios),
+    }
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:,.0f}"
+
+
+def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CSV: one row per number (section, item, metric, value, unit)."""
+    rows: list[dict[str, Any]] = []
+    S = res["sections"]
+
+    def add(section: str, item: str, metric: str, value: float, unit: str) -> None:
+        rows.append(
+            {"section": section, "item": item, "metric": metric, "value": value, "unit": unit}
+        )
+
+    if "overhead" in S:
+        o = S["overhead"]
+        for k, v in o["ms_median"].items():
+            add("overhead", k, "ms_per_step", v, "ms")
+        add("overhead", "harness/bare", "ratio", o["ratio_median"], "ratio")
+    if "peak" in S:
+        add("peak", f"mm{S['peak']['size']}", "flops_per_s", S["peak"]["best"], "FLOP/s")
+    if "metrics" in S:
+        for k, v in S["metrics"].items():
+            add("metrics", k, "seconds", v["seconds_median"], "s")
+    if "methods" in S:
+        for k, v in S["methods"].items():
+            add("methods", k, "ms_per_update", 1000 * v["step_s_median"], "ms")
+            add("methods", k, "updates_per_s", v["updates_per_s"], "1/s")
+            add("methods", k, "flops_per_update", v["flops_per_update"], "FLOP")
+            add("methods", k, "flops_per_s", v["flops_per_s"], "FLOP/s")
+            if "peak_fraction" in v:
+                add("methods", k, "peak_fraction", v["peak_fraction"], "ratio")
+            add("methods", k, "generate_s", v["generate_s"], "s")
+    if "projection" in S:
+        p = S["projection"]
+        for k, v in p["per_method"].items():
+            add("projection", k, "hours", v["total_s"] / 3600, "h")
+        add("projection", "total", "hours", p["total_h"], "h")
+    if "processes" in S:
+        pr = S["processes"]
+        for k, v in pr["updates_per_s"].items():
+            add("processes", k, "updates_per_s", median(v), "1/s")
+        add("processes", "procs/threads", "ratio", pr["ratio_median"], "ratio")
+    return rows
+
+
+def markdown(res: dict[str, Any]) -> str:
+    d, a, S = res["device"], res["settings"], res["sections"]
+    gpu = f", GPU {d['gpu']}" if "gpu" in d else ""
+    out = [
+        f"# mcbench performance on {d['cpu']}{gpu}",
+        "",
+        f"Device {d['device']}, {a['threads']} thread(s) ({d['cpu_count']} CPUs), torch "
+        f"{d['torch']}, {d['date_utc']} UTC; load average at start "
+        f"{_load(d.get('load_avg'))}, at end {_load(res.get('load_avg_end'))}. "
+        f"Sizes: {res['command']}",
+        "",
+    ]
+    if "overhead" in S:
+        o = S["overhead"]
+        out += [
+            "## Harness overhead (GAN on ring, batch 512)",
+            "",
+            f"Marginal cost per update over {o['steps']} updates after {o['warmup']}, "
+            f"{o['reps']} interleaved repetitions (median).",
+            "",
+            "| loop | ms per update |",
+            "|---|---|",
+            f"| bare PyTorch loop | {_fmt(o['ms_median']['bare'])} |",
+            f"| harness (mcbench.runner.train) | {_fmt(o['ms_median']['harness'])} |",
+            f"| **ratio harness / bare** | **{o['ratio_median']:.3f}** "
+            f"(target <= {o['target']:.2f}; per repetition: "
+            f"{', '.join(f'{r:.3f}' for r in o['ratios'])}) |",
+            "",
+        ]
+    if "peak" in S:
+        pk = S["peak"]
+        out += [
+            "## Matmul peak and achieved FLOP/s",
+            "",
+            f"Peak: fp32 torch.mm {pk['size']}x{pk['size']}, best of {pk['reps']} at the "
+            f"start and the end of the run: **{pk['best'] / 1e9:.1f} GFLOP/s**. "
+            "Update FLOPs: matmuls counted by FlopCounterMode"
+            + (
+                f"; the GAN update's count agrees with the analytic count from layer sizes "
+                f"({res['gan_flops_analytic'] / 1e6:.1f} MFLOP)."
+                if res.get("gan_flops_match")
+                else "."
+            ),
+            "",
+        ]
+        if "methods" in S:
+            out += ["| update | MFLOP | GFLOP/s | fraction of peak |", "|---|---|---|---|"]
+            for k in res["peak_methods"]:
+                v = S["methods"][k]
+                out.append(
+                    f"| {k} | {v['flops_per_update'] / 1e6:.1f} | "
+                    f"{v['flops_per_s'] / 1e9:.2f} | {v['peak_fraction']:.3f} |"
+                )
+            out.append("")
+    if "metrics" in S:
+        out += [
+            "## Metric evaluation",
+            "",
+            "| dataset | modes | samples | seconds (median) |",
+            "|---|---|---|---|",
+        ]
+        for k, v in S["metrics"].items():
+            out.append(f"| {k} | {v['modes']} | {v['samples']:,} | {_fmt(v['seconds_median'])} |")
+        out.append("")
+    if "methods" in S:
+        ms = S["methods"]
+        first = next(iter(ms.values()))
+        out += [
+            f"## Every method on {a['dataset']} ({a['threads']} thread(s))",
+            "",
+            f"Median of {a['method_reps']} blocks of {a['method_steps']} updates, round-robin "
+            f"over methods; generation of {first['generate_samples']:,} samples.",
+            "",
+            "| method | ms per update | updates/s | MFLOP per update | GFLOP/s | "
+            "fraction of peak | generate (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k, v in ms.items():
+            frac = _fmt(v.get("peak_fraction", math.nan))
+            out.append(
+                f"| {k} | {_fmt(1000 * v['step_s_median'])} | {_fmt(v['updates_per_s'])} | "
+                f"{v['flops_per_update'] / 1e6:.1f} | {v['flops_per_s'] / 1e9:.2f} | {frac} | "
+                f"{_fmt(v['generate_s'])} |"
+            )
+        out.append("")
+    if "projection" in S:
+        p = S["projection"]
+        datasets = sorted({r["dataset"] for r in p["runs"]})
+        out += [
+            f"## Projected wall time of the {p['suite']} suite on this device",
+            "",
+            f"One process at {a['threads']} thread(s), runs one after another: updates x "
+            f"measured cost per update (measured on {a['dataset']}; every 2-D dataset uses "
+            "the same nets) + evaluations (generation and metrics scaled linearly to the "
+            "suite's sample count, diagnostics). Checkpoint writes are not counted.",
+            "",
+            "| method | runs | "
+            + " | ".join(f"{d} (h)" for d in datasets)
+            + " | total (h) | share |",
+            "|---|---|" + "---|" * len(datasets) + "---|---|",
+        ]
+        for k, v in sorted(p["per_method"].items(), key=lambda kv: -kv[1]["total_s"]):
+            cells = " | ".join(_fmt(v.get(f"{d}_s", 0.0) / 3600) for d in datasets)
+            out.append(
+                f"| {k} | {v['runs']} | {cells} | {_fmt(v['total_s'] / 3600)} | "
+                f"{100 * v['share']:.1f}% |"
+            )
+        out += [
+            f"| **total** | {len(p['runs'])} | "
+            + " | ".join(
+                _fmt(sum(r["total_s"] for r in p["runs"] if r["dataset"] == d) / 3600)
+                for d in datasets
+            )
+            + f" | **{_fmt(p['total_h'])}** | 100% |",
+            "",
+        ]
+    if "processes" in S:
+        pr = S["processes"]
+        n = pr["processes"]
+        out += [
+            "## Processes against threads (GAN updates per second)",
+            "",
+            f"Workers start together once warm and run {pr['seconds']} s; "
+            f"{pr['reps']} alternating repetitions (median).",
+            "",
+            "| configuration | updates/s |",
+            "|---|---|",
+            f"| {n} processes x 1 thread | {_fmt(median(pr['updates_per_s']['procs']))} |",
+            f"| 1 process x {n} threads | {_fmt(median(pr['updates_per_s']['threads']))} |",
+            f"| **ratio** | **{pr['ratio_median']:.3f}** |",
+            "",
+        ]
+    out += [f"Section wall times (s): {json.dumps(res['section_seconds'])}", ""]
+    return "\n".join(out)
+
+
+def _load(x: list[float] | None) -> str:
+    return "n/a" if not x else "/".join(f"{v:.2f}" for v in x)
+
+
+def write_outputs(res: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "perf.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    with open(out / "perf.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["section", "item", "metric", "value", "unit"])
+        w.writeheader()
+        w.writerows(rows_of(res))
+    (out / "perf.md").write_text(markdown(res))
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m mcbench.perf", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("results/reference/perf"))
+    ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma list of sections")
+    ap.add_argument("--dataset", default="ring", help="dataset of the per-method timings")
+    ap.add_argument("--overhead-steps", type=int, default=1000)
+    ap.add_argument("--overhead-warmup", type=int, default=100)
+    ap.add_argument("--overhead-reps", type=int, default=7)
+    ap.add_argument("--peak-size", type=int, default=2048)
+    ap.add_argument("--peak-reps", type=int, default=5)
+    ap.add_argument("--eval-samples", type=int, default=500_000)
+    ap.add_argument("--eval-reps", type=int, default=3)
+    ap.add_argument("--method-warmup", type=int, default=3)
+    ap.add_argument("--method-steps", type=int, default=10, help="updates per timed block")
+    ap.add_argument("--method-reps", type=int, default=5, help="timed blocks per method")
+    ap.add_argument("--extra-methods", default="lbt[preset=paper]", help="comma list")
+    ap.add_argument("--suite", default="paper", help="suite to project")
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--process-seconds", type=float, default=10.0)
+    ap.add_argument("--process-reps", type=int, default=3)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--worker-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = ap.parse_args(argv)
+    args.argv = argv
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in args.sections if s not in SECTIONS]
+    if bad:
+        raise McbenchError(f"unknown section(s) {', '.join(bad)}; choices: {', '.join(SECTIONS)}")
+    for k in ("threads", "overhead_steps", "overhead_warmup", "overhead_reps", "peak_size"):
+        if getattr(args, k) < 1:
+            raise McbenchError(f"--{k.replace('_', '-')} must be >= 1")
+    for k in ("eval_samples", "eval_reps", "method_steps", "method_reps", "processes"):
+        if getattr(args, k) < 1:
+            raise McbenchError(f"--{k.replace('_', '-')} must be >= 1")
+    if args.method_warmup < 0 or args.process_seconds <= 0 or args.process_reps < 1:
+        raise McbenchError("--method-warmup >= 0, --process-seconds > 0, --process-reps >= 1")
+    return args
+
+
+def _log(msg: str) -> None:
+    print(f"mcbench.perf: {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every requested section, in one process; returns the raw results."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    secs = set(args.sections)
+    if "projection" in secs:  # needs the step, generation and metric costs
+        secs |= {"methods", "metrics"}
+    res: dict[str, Any] = {
+        "device": device_info(device),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": " ".join(["python -m mcbench.perf", *args.argv]),
+        "sections": {},
+        "section_seconds": {},
+    }
+    S, T = res["sections"], res["section_seconds"]
+
+    def timed(name: str, fn: Callable[[], Any]) -> None:
+        _log(f"{name} ...")
+        t0 = time.perf_counter()
+        S[name] = fn()
+        T[name] = round(time.perf_counter() - t0, 2)
+        _log(f"{name} done in {T[name]:.1f} s")
+
+    peaks = []
+    if "peak" in secs:
+        timed("peak", lambda: matmul_peak(device, args.peak_size, args.peak_reps))
+        peaks.append(S["peak"])
+    if "overhead" in secs:
+        timed(
+            "overhead",
+            lambda: measure_overhead(
+                device, args.overhead_steps, args.overhead_warmup, args.overhead_reps
+            ),
+        )
+    if "metrics" in secs:
+        timed(
+            "metrics", lambda: measure_metrics(["ring", "grid"], args.eval_samples, args.eval_reps)
+        )
+    suite_selectors: list[str] = []
+    if "projection" in secs:
+        from mcbench.suite import load_suite
+
+        suite_selectors = sorted({s.method for s in load_suite(args.suite).specs})
+    if "methods" in secs:
+        extra = [s.strip() for s in args.extra_methods.split(",") if s.strip()]
+        sels = method_list(extra, suite_selectors)
+        timed(
+            "methods",
+            lambda: measure_methods(
+                sels,
+                args.dataset,
+                device,
+                args.method_warmup,
+                args.method_steps,
+                args.method_reps,
+                args.eval_samples,
+                args.eval_reps,
+            ),
+        )
+    if "projection" in secs:
+        M = S["methods"]
+        timed(
+            "projection",
+            lambda: project_suite(
+                args.suite,
+                {k: v["step_s_median"] for k, v in M.items()},
+                {k: v["generate_s"] for k, v in M.items()},
+                args.eval_samples,
+                {k: v["diagnostics_s"] for k, v in M.items()},
+                {k: v["seconds_median"] for k, v in S["metrics"].items()},
+                args.eval_samples,
+            ),
+        )
+    if "processes" in secs:
+        if device.type == "cpu":
+            timed(
+                "processes",
+                lambda: measure_processes(
+                    args.processes,
+                    args.process_seconds,
+                    args.method_warmup,
+                    args.process_reps,
+                    args.dataset,
+                ),
+            )
+        else:
+            _log("processes: skipped (CPU only; run with --device cpu)")
+    if "peak" in secs:  # again at the end: the machine's state may have changed
+        again = matmul_peak(device, args.peak_size, args.peak_reps)
+        S["peak"]["flops_per_s_end"] = again["flops_per_s"]
+        S["peak"]["best"] = max(S["peak"]["best"], again["best"])
+    # FLOP cross-check: the harness's GAN update against the analytic count.
+    p = MIXTURE2D
+    res["gan_flops_analytic"] = gan_step_flops(p.latent_dim, p.hidden, 2, p.batch_size)
+    if "methods" in S and "gan" in S["methods"]:
+        res["gan_flops_match"] = (
+            S["methods"]["gan"]["flops_per_update"] == res["gan_flops_analytic"]
+        )
+    if "peak" in S and "methods" in S:
+        for v in S["methods"].values():
+            v["peak_fraction"] = v["flops_per_s"] / S["peak"]["best"]
+        res["peak_methods"] = [k for k in ("gan", "lbt", "lbt[preset=paper]") if k in S["methods"]]
+    with contextlib.suppress(AttributeError, OSError):
+        res["load_avg_end"] = list(os.getloadavg())
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        if args.worker:
+            _worker(args)
+            return 0
+        res = run(args)
+        write_outputs(res, args.out)
+    except McbenchError as exc:
+        print(f"mcbench.perf: error: {exc}", file=sys.stderr)
+        return 2
+    _log(f"wrote {args.out}/perf.md, perf.csv, perf.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
