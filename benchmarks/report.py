@@ -503,7 +503,14 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
     look = _lookup(agg[agg["dataset"] == dataset])
     stacked = stacked_metric_names(set(agg.loc[agg["dataset"] == dataset, "metric"]))
     alias = {"modes": stacked["Modes"], "kl": stacked["KL"]} if stacked else {}
-    header = ["source", "their method", "setting", "metric", "theirs", "ours (mcbench method)"]
+    header = [
+        "source",
+        "their method",
+        "setting",
+        "metric",
+        "theirs",
+        "ours (mcbench method: value)",
+    ]
     rows, data = [], []
     for _, p in pub.iterrows():
         metric = alias.get(p["metric"], p["metric"])
@@ -512,7 +519,7 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
             if _matches(p, cls, hyper) and (method, dataset, metric) in look:
                 r = look[(method, dataset, metric)]
                 ours.append(
-                    f"{fmt_stat(r['mean'], r['std'], r['sem'], int(r['n']), error)} ({method})"
+                    f"{method}: {fmt_stat(r['mean'], r['std'], r['sem'], int(r['n']), error)}"
                 )
                 data.append(
                     {
@@ -844,6 +851,7 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
         "figures": len(figures),
         "seconds": time.perf_counter() - t0,
         "agg": agg,
+        "tables_list": tables,
     }
 
 
@@ -911,7 +919,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "depth*study* in or beside RESULTS_DIR)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for sampling generators")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only the output paths")
+    parser.add_argument(
+        "--print",
+        dest="show",
+        choices=("final", "published", "all", "none"),
+        default="final",
+        help="tables printed on stdout: final metrics (default), ours beside published, "
+        "all tables, or none",
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="same as --print none")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -933,9 +949,14 @@ def run(args: argparse.Namespace) -> None:
         device=getattr(args, "device", "cpu"),
     )
     info = build_report(results, opts)
-    if not getattr(args, "quiet", False):
+    show = "none" if getattr(args, "quiet", False) else getattr(args, "show", "final")
+    if show == "final":
         print(markdown(results.rows, "std") if len(results.rows) else "(no metric rows)")
         print()
+    elif show in ("published", "all"):
+        for t in info["tables_list"]:
+            if show == "all" or t.name.startswith("published-"):
+                print(f"### {t.title}\n\n{t.markdown()}\n\n{t.caption}\n")
     print(
         f"mcbench: report with {info['tables']} tables and {info['figures']} figures in "
         f"{info['seconds']:.1f} s -> {opts.out / 'report.md'}, {opts.out / 'report.html'}",

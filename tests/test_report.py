@@ -168,11 +168,11 @@ def test_comparison_matches_class_and_hyperparameters():
     md = t.markdown()
     assert "| PacGAN (Lin et al. 2018), Table 1 | PacGAN3 |" in md
     line3 = next(x for x in md.splitlines() if "PacGAN3" in x and "| modes |" in x)
-    assert line3.endswith("| 7.8 (10 runs) | 7.0 ± 1.0 (pacgan) |")
+    assert line3.endswith("| 7.8 (10 runs) | pacgan: 7.0 ± 1.0 |")
     line2 = next(x for x in md.splitlines() if "PacGAN2" in x and "| modes |" in x)
     assert line2.endswith("| —  |") or line2.endswith("| — |")  # m=3 is not PacGAN2
     gan = next(x for x in md.splitlines() if "Lin" in x and "| GAN |" in x and "| modes |" in x)
-    assert gan.endswith("| 8 ± 0 (gan) |")
+    assert gan.endswith("| gan: 8 ± 0 |")
 
 
 def test_unknown_folder_is_a_clean_error(tmp_path):
@@ -315,7 +315,7 @@ def test_merged_budgets_are_never_averaged():
     assert list(rows["method"]) == list(runs["method"])
 
 
-def test_results_csv_alone_is_enough(tiny_results, tmp_path):
+def test_results_csv_alone_is_enough(tiny_results, tmp_path, capsys):
     """A folder holding only results.csv (no run folders) still gives the tables."""
     only = tmp_path / "csv-only"
     only.mkdir()
@@ -326,5 +326,10 @@ def test_results_csv_alone_is_enough(tiny_results, tmp_path):
     a = report.aggregate(got.rows, got.runs).set_index(["metric"])
     b = report.aggregate(full.rows, full.runs).set_index(["metric"])
     assert a.loc["modes_covered", "mean"] == b.loc["modes_covered", "mean"]
-    assert main(["report", str(only), "--out", str(tmp_path / "r"), "-q", "--no-figures"]) == 0
+    capsys.readouterr()
+    args = ["report", str(only), "--out", str(tmp_path / "r"), "--print", "published"]
+    assert main([*args, "--no-figures"]) == 0
     assert (tmp_path / "r" / "report.html").is_file()
+    shown = capsys.readouterr().out
+    assert "### ring: ours beside published" in shown and "| 86 |" in shown
+    assert "### ring\n" not in shown  # the final-metrics table is not printed
