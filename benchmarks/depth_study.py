@@ -254,42 +254,53 @@ def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, ar
     return "\n".join(lines) + "\n"
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mcbench.depth_study", description=__doc__)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The study's options, shared by `python -m mcbench.depth_study` and a CLI command."""
     p.add_argument("--methods", default=",".join(STUDY_METHODS))
     p.add_argument("--ks", default=",".join(map(str, KS)))
     p.add_argument("--dataset", default="ring")
     p.add_argument("--warmup", type=int, default=2, help="untimed updates per cost point")
     p.add_argument("--time-steps", type=int, default=5, help="timed updates per cost point")
-    p.add_argument("--steps", type=int, default=150, help="quality: generator updates")
-    p.add_argument("--seconds", type=float, default=None, help="quality: training seconds")
+    p.add_argument("--steps", type=int, default=100, help="quality: generator updates")
+    p.add_argument(
+        "--seconds", type=float, default=None, help="quality: training seconds (default: K=5's)"
+    )
     p.add_argument("--seeds", default="0")
     p.add_argument("--eval-samples", type=int, default=20_000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.add_argument("--out", default="results/reference/depth_study")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--measure", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise McbenchError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise McbenchError(f"{what} must be non-negative integers, got {text!r}")
+    return values
+
+
+def run(args: argparse.Namespace) -> None:
+    """Measure, fit, train, and write the table, CSVs, plots and machine record."""
     args.device = torch.device(args.device) if args.device else default_device()
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
     torch.set_num_threads(args.threads)
     if args.measure:
         method, k = args.measure
         res = measure_cost(method, int(k), args.dataset, args.device, args.warmup, args.time_steps)
         print(json.dumps(res))
-        return 0
+        return
+    ks, seeds = _ints(args.ks, "--ks"), _ints(args.seeds, "--seeds")
     available = methods()
     names = [m for m in args.methods.split(",") if m in available]
     missing = sorted(set(args.methods.split(",")) - set(names))
     if missing:
         print(f"depth_study: not available, left out: {', '.join(missing)}", file=sys.stderr)
-    ks = [int(k) for k in args.ks.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    if not names:
+        raise McbenchError(f"none of the methods {args.methods!r} is registered")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine(args.device, args.threads)
@@ -309,15 +320,26 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in seeds:
                     rows += train_quality(m, k, seed, args, seconds)
                     print(f"depth_study: quality {m} K={k} seed={seed} done", file=sys.stderr)
-    quality = pd.DataFrame(
-        rows,
-        columns=[*QUALITY_COLUMNS],
-    )
+    quality = pd.DataFrame(rows, columns=[*QUALITY_COLUMNS])
     quality.to_csv(out / "quality.csv", index=False)
     (out / "machine.json").write_text(json.dumps(info, indent=2))
     (out / "table.md").write_text(table(cost, fit, quality, info, args))
     plots(cost, quality, out, time_col)
     print((out / "table.md").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m mcbench.depth_study",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(p)
+    try:
+        run(p.parse_args(argv))
+    except McbenchError as exc:
+        print(f"depth_study: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
