@@ -54,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
 from mcbench.protocol import MIXTURE2D
-from mcbench.registry import methods
+from mcbench.registry import methods, resolve
 from mcbench.runner import RunSpec, build, default_device, derive_seed, generate, train
 
 SECTIONS = ("overhead", "peak", "metrics", "methods", "projection", "processes")
@@ -293,11 +293,17 @@ def measure_metrics(datasets: list[str], n: int, reps: int) -> dict[str, Any]:
 # -- 4. every method -------------------------------------------------------------------------
 
 
-def method_list(extra: list[str], suite_selectors: list[str]) -> list[str]:
-    out = list(methods())
+def method_list(chosen: str, extra: list[str], suite_selectors: list[str]) -> list[str]:
+    """`chosen` ("all": every registered name, or a comma list), then the suite's and
+    the extra selectors not already there; every one is resolved (bad names fail now)."""
+    out = (
+        list(methods()) if chosen == "all" else [s.strip() for s in chosen.split(",") if s.strip()]
+    )
     for s in [*suite_selectors, *extra]:
         if s not in out:
             out.append(s)
+    for s in out:
+        resolve(s)
     return out
 
 
@@ -745,6 +751,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--method-warmup", type=int, default=3)
     ap.add_argument("--method-steps", type=int, default=10, help="updates per timed block")
     ap.add_argument("--method-reps", type=int, default=5, help="timed blocks per method")
+    ap.add_argument("--methods", default="all", help='comma list, or "all" registered')
     ap.add_argument("--extra-methods", default="lbt[preset=paper]", help="comma list")
     ap.add_argument("--suite", default="paper", help="suite to project")
     ap.add_argument("--processes", type=int, default=2)
@@ -819,7 +826,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         suite_selectors = sorted({s.method for s in load_suite(args.suite).specs})
     if "methods" in secs:
         extra = [s.strip() for s in args.extra_methods.split(",") if s.strip()]
-        sels = method_list(extra, suite_selectors)
+        sels = method_list(args.methods, extra, suite_selectors)
         timed(
             "methods",
             lambda: measure_methods(
