@@ -224,10 +224,11 @@ def _device_slot_dir() -> Path:
 
 @contextlib.contextmanager
 def device_slot(device: str | None) -> Iterator[torch.device]:
-    """The device of one run. An explicit device is used as given; otherwise, with
-    several GPUs, each concurrent run on this machine takes a GPU nobody else holds (a
-    flock per GPU, released when the run ends or its process dies)."""
-    if device:
+    """The device of one run. An explicit device (``cpu``, ``cuda:1``) is used as given;
+    otherwise (None or a bare ``cuda``), with several GPUs, each concurrent run on this
+    machine takes a GPU nobody else holds (a flock per GPU, released when the run ends
+    or its process dies)."""
+    if device and device != "cuda":
         yield torch.device(device)
         return
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0

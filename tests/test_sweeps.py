@@ -296,7 +296,7 @@ def test_gpu_slots_give_concurrent_runs_different_devices(tmp_path, monkeypatch)
         assert {str(a), str(b)} == {"cuda:0", "cuda:1"}
         with suite.device_slot(None) as c:  # more runs than GPUs: they share
             assert c.type == "cuda"
-    with suite.device_slot(None) as a:
+    with suite.device_slot("cuda") as a:
         assert str(a) == "cuda:0"  # released when the run ended
     with suite.device_slot("cpu") as d:
         assert d == torch.device("cpu")
