@@ -53,7 +53,7 @@ class Table:
     def latex(self) -> str:
         ncol = len(self.header)
         lines = [
-            "% " + self.title,
+            "% " + _ascii(self.title) + " (needs \\usepackage{booktabs})",
             "\\begin{table}[t]",
             "\\centering",
             f"\\caption{{{latex_escape(self.caption or self.title)}}}",
@@ -289,11 +289,20 @@ _LATEX = {
     "±": r"$\pm$",
     "≤": r"$\le$",
     "—": "--",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "·": r"$\cdot$",
+    "é": r"\'e",
 }
 
 
+def _ascii(text: str) -> str:
+    """pdflatex reads ASCII safely: anything else left over becomes '?'."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+    return _ascii("".join(_LATEX.get(ch, ch) for ch in str(text)))
 
 
 def _relative(path: Path, base: Path) -> str:

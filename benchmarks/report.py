@@ -503,6 +503,9 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
     look = _lookup(agg[agg["dataset"] == dataset])
     stacked = stacked_metric_names(set(agg.loc[agg["dataset"] == dataset, "metric"]))
     alias = {"modes": stacked["Modes"], "kl": stacked["KL"]} if stacked else {}
+    fam = results.runs.loc[results.runs["dataset"] == dataset, "family"]
+    mixture = _is_mixture(dataset, {dataset: fam.iloc[0] if len(fam) else ""}, agg)
+    labels = LABELS if mixture else {**LABELS, "reverse_kl": "KL to uniform"}
     header = [
         "source",
         "their method",
@@ -547,7 +550,7 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
             theirs += f" ± {p['error']:g}"
         if pd.notna(p["runs"]):
             theirs += f" ({int(p['runs'])} runs)"
-        label = LABELS.get(p["metric"], p["metric"])
+        label = labels.get(p["metric"], p["metric"])
         source = f"{p['source']}, {p['table']}"
         shown = [source, p["method"], p["setting"], label, theirs, "; ".join(ours) or "—"]
         rows.append(cells(shown))

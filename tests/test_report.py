@@ -86,6 +86,7 @@ def test_markdown_latex_csv_numbers():
     assert "modes\\_covered" in tex and "intra\\_mode\\_kl" in tex
     assert "a & 3 (0) & 7.0 $\\pm$ 1.0 (0.58) & \\textbf{1.00 $\\pm$ 0.50 (0.29)} \\\\" in tex
     assert "\\textbf{8 $\\pm$ 0}" in tex
+    assert tex.isascii() and "$\\uparrow$" in tex  # pdflatex-safe, arrows in the caption
     csv = pd.read_csv(StringIO(t.csv())).set_index(["method", "metric"])
     assert csv.loc[("a", "modes_covered"), "mean"] == 7.0
     assert csv.loc[("a", "modes_covered"), "std"] == 1.0
