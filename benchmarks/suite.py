@@ -233,7 +233,7 @@ def device_slot(device: str | None) -> Iterator[torch.device]:
         return
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n <= 1:
-        yield default_device()
+        yield torch.device(device) if device else default_device()
         return
     import fcntl
 
@@ -252,6 +252,23 @@ def device_slot(device: str | None) -> Iterator[torch.device]:
             os.close(fd)
         return
     yield torch.device(f"cuda:{os.getpid() % n}")  # more workers than GPUs: share
+
+
+def check_device(device: str | None) -> None:
+    """A --device this machine can use (not checked for a Dask cluster: its workers may
+    have GPUs the submitting machine lacks)."""
+    if not device:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise McbenchError(f"unknown device {device!r}; e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise McbenchError(f"--device {device}: no CUDA device on this machine")
+        if dev.index is not None and dev.index >= n:
+            raise McbenchError(f"--device {device}: this machine has {n} CUDA device(s)")
 
 
 def _worker(
@@ -341,6 +358,8 @@ def run_specs(
     from tqdm import tqdm
 
     client = _connect(scheduler) if scheduler else None  # fail before any work
+    if client is None:
+        check_device(device)
     results_dir = Path(results_dir).resolve()  # workers may start elsewhere
     results_dir.mkdir(parents=True, exist_ok=True)
     todo, outcomes = plan(specs, results_dir, retry_failed)

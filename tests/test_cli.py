@@ -64,6 +64,7 @@ CASES = {
     "hyperparameter type": (["-m", "gan[d_steps=x]"], "d_steps='x' is not a valid int"),
     "unknown hyperparameter": (["-m", "gan[lr=1]"], "has no hyperparameter 'lr'; choices:"),
     "malformed selector": (["-m", "gan[d_steps]"], "malformed parameter 'd_steps'"),
+    "unknown device": (["--device", "gpu0"], "unknown device 'gpu0'; e.g. cpu, cuda, cuda:1"),
     "unknown suite file": (["--suite", "nosuch.toml"], "suite file nosuch.toml does not exist"),
 }
 
@@ -169,3 +170,13 @@ def test_readme_scaling_out_commands_exist():
         exe = shutil.which(cmd[0], path=os.path.dirname(sys.executable))
         assert exe, "the dask command comes with dask[distributed]"
         assert subprocess.run([exe, *cmd[1:]], capture_output=True).returncode == 0
+
+
+def test_device_this_machine_lacks(tmp_path, capsys):
+    import torch
+
+    device = "cuda:99" if torch.cuda.is_available() else "cuda"
+    out = tmp_path / "out"
+    assert main([*BASE, "--device", device, "--out", str(out)]) == 2
+    rejected(capsys.readouterr().err, f"--device {device}: ")
+    assert not out.exists()
