@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from mcbench.errors import McbenchError
-from mcbench.losses import g_loss_minimax, g_loss_nonsaturating
+from mcbench.losses import d_loss, g_loss_minimax, g_loss_nonsaturating
 from mcbench.method import Problem
 from mcbench.methods.gan_si import GANSI, sig_loss
 from mcbench.methods.pacgan import PacGAN, pack
@@ -15,6 +15,7 @@ from mcbench.methods.unrolled_gan import UnrolledGAN
 from mcbench.methods.veegan import VEEGAN
 from mcbench.nets import MLPFamily
 from mcbench.registry import resolve
+from mcbench.unroll import AdamState, unroll
 
 
 @pytest.fixture
@@ -113,6 +114,21 @@ def test_unrolled_with_K0_is_the_plain_gan_gradient(float64, g_loss, plain):
     torch.testing.assert_close(
         autograd_grad(method, real, z), parameters_to_vector(want), rtol=1e-12, atol=1e-14
     )
+
+
+def test_first_look_ahead_step_is_the_live_adam_step(float64):
+    """The unroll continues D's own Adam (moments carried): its first step lands exactly
+    where D's ordinary optimiser step on the same batch does."""
+    method, real, z = unrolled_setup(1)
+    fake = method.G(z).detach()
+    state = AdamState.from_optimizer(method.D, method.opt_d)
+    assert state.step == 3
+    ahead = unroll(method.D, lambda d: d_loss(d(real), d(fake)), state, 1, create_graph=False)
+    method.opt_d.zero_grad()
+    d_loss(method.D(real), method.D(fake)).backward()
+    method.opt_d.step()
+    for name, p in method.D.named_parameters():
+        torch.testing.assert_close(p, ahead[name], rtol=1e-12, atol=1e-14)
 
 
 def test_unrolled_rejects_negative_K():
