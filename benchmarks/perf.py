@@ -315,7 +315,7 @@ def measure_methods(
     steps: int,
     reps: int,
     eval_samples: int,
-    eval_reps: int,
+    generate_reps: int,
 ) -> dict[str, Any]:
     """Per-update time (blocks round-robin over methods), FLOPs of one update, and the
     cost of one evaluation's generation and diagnostics."""
@@ -342,7 +342,7 @@ def measure_methods(
     diag: dict[str, list[float]] = {s: [] for s in selectors}
     for sel in selectors:  # warm the generation path on a small batch
         generate(built[sel][0], min(eval_samples, 1024), torch.Generator(device).manual_seed(0))
-    for r in range(eval_reps):
+    for r in range(generate_reps):
         for sel in selectors:
             m = built[sel][0]
             rng = torch.Generator(device).manual_seed(derive_seed(r, "perf-eval"))
@@ -747,7 +747,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--peak-size", type=int, default=2048)
     ap.add_argument("--peak-reps", type=int, default=5)
     ap.add_argument("--eval-samples", type=int, default=500_000)
-    ap.add_argument("--eval-reps", type=int, default=3)
+    ap.add_argument("--eval-reps", type=int, default=3, help="repetitions of the metrics")
+    ap.add_argument("--generate-reps", type=int, default=1, help="of each method's sampling")
     ap.add_argument("--method-warmup", type=int, default=3)
     ap.add_argument("--method-steps", type=int, default=10, help="updates per timed block")
     ap.add_argument("--method-reps", type=int, default=5, help="timed blocks per method")
@@ -769,11 +770,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for k in ("threads", "overhead_steps", "overhead_warmup", "overhead_reps", "peak_size"):
         if getattr(args, k) < 1:
             raise McbenchError(f"--{k.replace('_', '-')} must be >= 1")
-    for k in ("eval_samples", "eval_reps", "method_steps", "method_reps", "processes"):
+    for k in ("eval_samples", "eval_reps", "generate_reps", "method_steps", "method_reps"):
         if getattr(args, k) < 1:
             raise McbenchError(f"--{k.replace('_', '-')} must be >= 1")
-    if args.method_warmup < 0 or args.process_seconds <= 0 or args.process_reps < 1:
-        raise McbenchError("--method-warmup >= 0, --process-seconds > 0, --process-reps >= 1")
+    if args.processes < 1 or args.process_reps < 1 or args.process_seconds <= 0:
+        raise McbenchError("--processes and --process-reps must be >= 1, --process-seconds > 0")
+    if args.method_warmup < 0:
+        raise McbenchError("--method-warmup must be >= 0")
     return args
 
 
@@ -837,7 +840,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.method_steps,
                 args.method_reps,
                 args.eval_samples,
-                args.eval_reps,
+                args.generate_reps,
             ),
         )
     if "projection" in secs:
