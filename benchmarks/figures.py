@@ -71,7 +71,7 @@ def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool) ->
     pdf_path = None
     if pdf:
         pdf_path = out_dir / f"{stem}.pdf"
-        fig.savefig(pdf_path)
+        fig.savefig(pdf_path, metadata={"CreationDate": None})  # same bytes on a re-run
     plt.close(fig)
     return Figure(title, png, caption, pdf_path)
 

@@ -171,6 +171,12 @@ def load_results(paths: list[Path | str]) -> Results:
     notes: list[str] = []
     for src in sources:
         run_folders = [src] if _is_run(src) else res.run_dirs(src)
+        partial = [] if _is_run(src) else res.partial_dirs(src)
+        if partial:
+            notes.append(
+                f"{len(partial)} unfinished run(s) under {src}/runs (in progress or "
+                "interrupted) are not in this report"
+            )
         seen_here = set()
         for d in run_folders:
             got = _read_run(d)

@@ -334,3 +334,15 @@ def test_results_csv_alone_is_enough(tiny_results, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "### ring: ours beside published" in shown and "| 86 |" in shown
     assert "### ring\n" not in shown  # the final-metrics table is not printed
+
+
+def test_density_image_keeps_mass_and_orientation():
+    """x runs along columns and y along rows (imshow origin="lower"); smoothing keeps mass."""
+    from mcbench import figures
+
+    x = np.tile([[0.5, -0.5]], (1000, 1))
+    img = figures._density_image(x, (-1.0, 1.0, -1.0, 1.0), sigma=2.0)
+    assert img.sum() == pytest.approx(1000, rel=1e-6)
+    row, col = np.unravel_index(img.argmax(), img.shape)
+    bins = figures.BINS
+    assert col == int(0.75 * bins) and row == int(0.25 * bins)
