@@ -93,10 +93,6 @@ class Results:
     sources: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def run_dir(self, run: str) -> Path | None:
-        d = self.runs.set_index("run").at[run, "dir"]
-        return Path(d) if d else None
-
 
 def _is_results(p: Path) -> bool:
     return (p / "runs").is_dir() or (p / "results.csv").is_file()
@@ -177,14 +173,14 @@ def load_results(paths: list[Path | str]) -> Results:
                 f"{len(partial)} unfinished run(s) under {src}/runs (in progress or "
                 "interrupted) are not in this report"
             )
-        seen_here = set()
+        # results.csv never resurrects a run whose folder is here but unreadable
+        seen_here = {d.name for d in run_folders}
         for d in run_folders:
             got = _read_run(d)
             if got is None:
                 notes.append(f"skipped {d}: unreadable, or metrics.csv fails its checksum")
                 continue
             cfg, df = got
-            seen_here.add(d.name)
             if d.name in configs:
                 continue
             configs[d.name] = cfg
@@ -371,8 +367,9 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
         f"{m} {'↑' if DIRECTIONS[m] == 'higher' else '↓'}" for m in metrics if m in DIRECTIONS
     )
     caption = (
-        f"{dataset}: final evaluation of each run, {_error_words(error)}; best mean in bold "
-        f"({arrows}); [n=k]: only k runs had a finite value."
+        f"{dataset}: final evaluation of each run, {_error_words(error)}"
+        + (f"; best mean in bold ({arrows})" if arrows else "")
+        + "; [n=k]: only k runs had a finite value."
     )
     data = sub[sub["metric"].isin(metrics) | (sub["metric"] == "")]
     return Table(f"final-{dataset}", f"Final metrics on {dataset}", header, rows, caption, data)
@@ -578,9 +575,9 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
 # -- the report ---------------------------------------------------------------------
 
 
-def markdown(df: pd.DataFrame, error: str = "std") -> str:
+def markdown(df: pd.DataFrame, error: str = "std", runs: pd.DataFrame | None = None) -> str:
     """Final-metrics tables of every dataset as Markdown (printed by `mcbench run`)."""
-    agg = aggregate(df)
+    agg = aggregate(df, runs)
     parts = []
     for dataset in _dataset_order(agg):
         t = final_table(agg, dataset, error)
@@ -960,7 +957,7 @@ def run(args: argparse.Namespace) -> None:
     info = build_report(results, opts)
     show = "none" if getattr(args, "quiet", False) else getattr(args, "show", "final")
     if show == "final":
-        print(markdown(results.rows, "std") if len(results.rows) else "(no metric rows)")
+        print(markdown(results.rows, "std", results.runs))
         print()
     elif show in ("published", "all"):
         for t in info["tables_list"]:
