@@ -346,3 +346,28 @@ def test_density_image_keeps_mass_and_orientation():
     row, col = np.unravel_index(img.argmax(), img.shape)
     bins = figures.BINS
     assert col == int(0.75 * bins) and row == int(0.25 * bins)
+
+
+def test_depth_study_folder_with_its_own_plots(tmp_path):
+    """The study's PNGs are copied beside the report's figures (no plot of ours then), its
+    CSVs become tables and machine.json is shown; a study folder beside the results is
+    found without --unroll-study."""
+    import matplotlib.pyplot as plt
+
+    from mcbench import figures
+
+    study = tmp_path / "depth_study"
+    study.mkdir()
+    pd.DataFrame({"method": ["lbt", "lbt"], "K": [1, 5], "cpu_ms": [3.0, 9.0]}).to_csv(
+        study / "cost.csv", index=False
+    )
+    plt.imsave(study / "cost.png", np.zeros((4, 4)))
+    (study / "machine.json").write_text('{"cpu": "test"}')
+    opts = report.Options(out=tmp_path / "out", pdf=False)
+    tables, figs, texts = figures.unroll_study(study, tmp_path / "out" / "figures", opts)
+    assert [t.name for t in tables] == ["unroll-0-cost"]
+    assert "| lbt | 5 | 9 |" in tables[0].markdown()
+    assert [f.png.name for f in figs] == ["unroll-cost.png"] and figs[0].png.is_file()
+    assert texts == ['machine.json:\n{"cpu": "test"}']
+    results = report.Results(rows=pd.DataFrame(), runs=pd.DataFrame(), sources=[tmp_path / "q"])
+    assert report._find_study(results) == study
