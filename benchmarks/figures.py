@@ -139,7 +139,10 @@ def density(results, out_dir: Path, opts, palette) -> Figure | None:
     from mcbench.runner import derive_seed, generate, load_method
 
     rows = []
+    families = results.runs.groupby("dataset")["family"].first().to_dict()
     for d in _ordered(results.runs["dataset"].unique()):
+        if families.get(d) not in ("", "mixture2d"):
+            continue  # image datasets: no density (and no need to load their data)
         try:
             ds = get_dataset(d)
         except Exception:

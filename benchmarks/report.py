@@ -941,6 +941,15 @@ def run(args: argparse.Namespace) -> None:
     results = load_results(dirs)
     if args.density_samples < 0:
         raise McbenchError("--density-samples must be >= 0")
+    device = getattr(args, "device", "cpu")
+    try:
+        import torch
+
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise McbenchError(f"unknown torch device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise McbenchError(f"--device {device}: no CUDA device here")
     study = Path(args.unroll_study) if getattr(args, "unroll_study", None) else None
     if study is not None and not study.exists():
         raise McbenchError(f"unroll study {study} does not exist")
@@ -952,7 +961,7 @@ def run(args: argparse.Namespace) -> None:
         pdf=not getattr(args, "no_pdf", False),
         published=not getattr(args, "no_published", False),
         unroll_study=study,
-        device=getattr(args, "device", "cpu"),
+        device=device,
     )
     info = build_report(results, opts)
     show = "none" if getattr(args, "quiet", False) else getattr(args, "show", "final")

@@ -334,6 +334,8 @@ def test_results_csv_alone_is_enough(tiny_results, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "### ring: ours beside published" in shown and "| 86 |" in shown
     assert "### ring\n" not in shown  # the final-metrics table is not printed
+    assert main(["report", str(only), "--device", "bogus"]) == 2
+    assert main(["report", str(only), "--density-samples", "-1"]) == 2
 
 
 def test_density_image_keeps_mass_and_orientation():
