@@ -28,7 +28,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,15 +96,6 @@ def load_checked(path: Path) -> Any:
     if hashlib.sha256(payload).digest() != digest:
         raise ValueError(f"{path}: checksum mismatch (corrupt)")
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-
-
-def staging_dir(final: Path) -> Path:
-    """A fresh private folder beside `final` (random name); see `partial_dir` for the
-    per-run one that survives a crash."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    path.chmod(0o755)
-    return path
 
 
 def partial_dir(final: Path) -> Path:
