@@ -536,7 +536,8 @@ def measure_processes(
 def _fmt(x: float, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return f"{x:.{digits}g}" if abs(x) < 1e6 else f"{x:,.0f}"
+    short = f"{x:.{digits}g}"
+    return short if abs(float(short)) < 10**digits else f"{x:,.0f}"
 
 
 def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
