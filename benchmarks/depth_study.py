@@ -38,7 +38,9 @@ from mcbench.errors import McbenchError
 from mcbench.registry import methods
 from mcbench.runner import RunSpec, build, default_device, derive_seed, generate
 
-STUDY_METHODS = ("lbt", "lbt-gan", "unrolled-gan")
+STUDY_METHODS = ("lbt", "lbt-gan", "unrolled-gan", "lbt-implicit")
+# Methods without an unroll depth: measured once, shown as K = 0 and as a flat reference.
+NO_DEPTH = frozenset({"lbt-implicit"})
 KS = (1, 2, 5, 10, 20)
 QUALITY_COLUMNS = ("method", "K", "seed", "budget", "steps", "train_s", "modes_covered")
 QUALITY_COLUMNS += ("high_quality_pct", "intra_mode_kl")
@@ -61,7 +63,8 @@ def measure_cost(
     method: str, k: int, dataset: str, device: torch.device, warmup: int, steps: int
 ) -> dict[str, float]:
     """ms per generator update and the update's peak memory, in this process."""
-    m, ds, data_rng = build(RunSpec(method, dataset, 0, steps, steps, 1, {"K": k}), device)
+    params = {} if method in NO_DEPTH else {"K": k}
+    m, ds, data_rng = build(RunSpec(method, dataset, 0, steps, steps, 1, params), device)
     batches = [ds.sample(m.problem.batch_size, data_rng, device) for _ in range(warmup + steps)]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -106,6 +109,8 @@ def fit_lines(cost: pd.DataFrame) -> pd.DataFrame:
     """cost = a + b K per method, for time and memory."""
     rows = []
     for method, g in cost.groupby("method", sort=False):
+        if g["K"].nunique() < 2:
+            continue
         row: dict[str, Any] = {"method": method}
         for col in ("wall_ms", "cpu_ms", "peak_mem_mb"):
             b, a = np.polyfit(g["K"], g[col], 1)
@@ -123,7 +128,8 @@ def train_quality(
 ) -> list[dict[str, Any]]:
     """Train until both budgets are spent; evaluate where each one runs out."""
     device = args.device
-    spec = RunSpec(method, args.dataset, seed, args.steps, args.steps, args.eval_samples, {"K": k})
+    params = {} if method in NO_DEPTH else {"K": k}
+    spec = RunSpec(method, args.dataset, seed, args.steps, args.steps, args.eval_samples, params)
     m, ds, data_rng = build(spec, device)
     clock = Clock(device)
     spent, step, rows = 0.0, 0, []
@@ -183,10 +189,14 @@ def plots(cost: pd.DataFrame, quality: pd.DataFrame, out: Path, time_col: str) -
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    deep, flat = cost[~cost["method"].isin(NO_DEPTH)], cost[cost["method"].isin(NO_DEPTH)]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    sns.lineplot(cost, x="K", y=time_col, hue="method", marker="o", ax=ax[0])
-    ax[0].set(ylabel="ms per generator update", title="time")
-    sns.lineplot(cost, x="K", y="peak_mem_mb", hue="method", marker="o", ax=ax[1])
+    for i, col in enumerate((time_col, "peak_mem_mb")):
+        sns.lineplot(deep, x="K", y=col, hue="method", marker="o", ax=ax[i])
+        for r in flat.to_dict("records"):
+            ax[i].axhline(r[col], ls="--", c="gray", label=f"{r['method']} (no K)")
+        ax[i].legend()
+    ax[0].set(ylabel=f"ms per generator update ({time_col.split('_')[0]})", title="time")
     ax[1].set(ylabel="peak memory of a step (MiB)", title="memory")
     fig.tight_layout()
     fig.savefig(out / "cost.png", dpi=120)
@@ -197,7 +207,17 @@ def plots(cost: pd.DataFrame, quality: pd.DataFrame, out: Path, time_col: str) -
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for i, budget in enumerate(("steps", "seconds")):
         q = quality[quality["budget"] == budget]
-        sns.lineplot(q, x="K", y="modes_covered", hue="method", marker="o", ax=ax[i])
+        sns.lineplot(
+            q[~q["method"].isin(NO_DEPTH)],
+            x="K",
+            y="modes_covered",
+            hue="method",
+            marker="o",
+            ax=ax[i],
+        )
+        for m, g in q[q["method"].isin(NO_DEPTH)].groupby("method"):
+            ax[i].axhline(g["modes_covered"].mean(), ls="--", c="gray", label=f"{m} (no K)")
+        ax[i].legend()
         ax[i].set(title=f"same {'generator updates' if budget == 'steps' else 'training time'}")
     fig.tight_layout()
     fig.savefig(out / "quality.png", dpi=120)
@@ -232,7 +252,8 @@ def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, ar
             return fmt.format(qq[(col, budget)]) if qq is not None else "-"
 
         lines.append(
-            f"| {r.method} | {r.K} | {r.wall_ms:.1f} | {r.cpu_ms:.1f} | {r.peak_mem_mb:.1f} | "
+            f"| {r.method} | {'-' if r.method in NO_DEPTH else r.K} | {r.wall_ms:.1f} | "
+            f"{r.cpu_ms:.1f} | {r.peak_mem_mb:.1f} | "
             f"{g('modes_covered', 'steps', '{:.1f}')} | "
             f"{g('high_quality_pct', 'steps', '{:.1f}')} | "
             f"{g('modes_covered', 'seconds', '{:.1f}')} | "
@@ -304,7 +325,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine(args.device, args.threads)
-    cost = pd.DataFrame([cost_in_subprocess(m, k, args) for m in names for k in ks])
+    depths = {m: [0] if m in NO_DEPTH else ks for m in names}
+    cost = pd.DataFrame([cost_in_subprocess(m, k, args) for m in names for k in depths[m]])
     cost.to_csv(out / "cost.csv", index=False)
     fit = fit_lines(cost)
     fit.to_csv(out / "fit.csv", index=False)
@@ -315,8 +337,10 @@ def run(args: argparse.Namespace) -> None:
         for m in names:
             ref = cost[(cost["method"] == m)].set_index("K")[time_col]
             seconds = args.seconds or args.steps * float(ref.get(5, ref.median())) / 1000
+            if m in NO_DEPTH and "lbt" in info["seconds_budget"] and not args.seconds:
+                seconds = info["seconds_budget"]["lbt"]  # the same time as lbt's K = 5
             info["seconds_budget"][m] = seconds
-            for k in ks:
+            for k in depths[m]:
                 for seed in seeds:
                     rows += train_quality(m, k, seed, args, seconds)
                     print(f"depth_study: quality {m} K={k} seed={seed} done", file=sys.stderr)
