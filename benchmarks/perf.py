@@ -57,6 +57,7 @@ from mcbench.protocol import MIXTURE2D
 from mcbench.registry import methods, resolve
 from mcbench.runner import RunSpec, build, default_device, derive_seed, generate, train
 
+CSV_COLUMNS = ("section", "item", "metric", "value", "unit")
 SECTIONS = ("overhead", "peak", "metrics", "methods", "projection", "processes")
 OVERHEAD_TARGET = 1.10  # issue 8: the harness adds at most 10% per GAN step on CPU
 
@@ -725,10 +726,18 @@ def _load(x: list[float] | None) -> str:
 def write_outputs(res: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "perf.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    d = res["device"]  # every row names its device, so CSVs of several machines concatenate
+    where = {
+        "device": d["device"],
+        "cpu": d["cpu"],
+        "threads": res["settings"]["threads"],
+        "torch": d["torch"],
+        "gpu": d.get("gpu", ""),
+    }
     with open(out / "perf.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["section", "item", "metric", "value", "unit"])
+        w = csv.DictWriter(f, fieldnames=[*CSV_COLUMNS, *where])
         w.writeheader()
-        w.writerows(rows_of(res))
+        w.writerows({**r, **where} for r in rows_of(res))
     (out / "perf.md").write_text(markdown(res))
 
 

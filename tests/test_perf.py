@@ -154,7 +154,8 @@ def test_whole_run_tiny(tmp_path):
 
     with open(out / "perf.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and set(rows[0]) == {"section", "item", "metric", "value", "unit"}
+    assert rows and set(rows[0]) == {*perf.CSV_COLUMNS, "device", "cpu", "threads", "torch", "gpu"}
+    assert {(r["device"], r["threads"], r["torch"]) for r in rows} == {("cpu", "1", dev["torch"])}
     assert all(math.isfinite(float(r["value"])) for r in rows)
     ratio = [r for r in rows if r["metric"] == "ratio" and r["section"] == "overhead"]
     assert float(ratio[0]["value"]) == pytest.approx(res["sections"]["overhead"]["ratio_median"])
