@@ -280,8 +280,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(STUDY_METHODS))
     p.add_argument("--ks", default=",".join(map(str, KS)))
     p.add_argument("--dataset", default="ring")
-    p.add_argument("--warmup", type=int, default=2, help="untimed updates per cost point")
-    p.add_argument("--time-steps", type=int, default=5, help="timed updates per cost point")
+    p.add_argument("--warmup", type=int, default=1, help="untimed updates per cost point")
+    p.add_argument("--time-steps", type=int, default=3, help="timed updates per cost point")
     p.add_argument("--steps", type=int, default=100, help="quality: generator updates")
     p.add_argument(
         "--seconds", type=float, default=None, help="quality: training seconds (default: K=5's)"
