@@ -271,3 +271,25 @@ def test_presets_and_validation():
             LBTImplicit.make_config(bad)
     with pytest.raises(McbenchError):
         LBTGAN.make_config({"lambda_gan": "much"})
+
+
+def test_depth_study_fits_the_cost_per_unrolled_step():
+    """The study's line fit recovers cost = a + b K exactly on exact data, and leaves
+    out a method measured at one depth only (lbt-implicit)."""
+    import pandas as pd
+
+    from mcbench.depth_study import fit_lines
+
+    ks = [1, 2, 5, 10, 20]
+    rows = [
+        {"method": "m", "K": k, "wall_ms": 3 + 2 * k, "cpu_ms": 1 + 0.5 * k, "peak_mem_mb": 7 * k}
+        for k in ks
+    ]
+    rows.append({"method": "lbt-implicit", "K": 0, "wall_ms": 9, "cpu_ms": 9, "peak_mem_mb": 1})
+    fit = fit_lines(pd.DataFrame(rows)).set_index("method")
+    assert list(fit.index) == ["m"]
+    assert fit.loc["m", "wall_ms_per_step"] == pytest.approx(2)
+    assert fit.loc["m", "wall_ms_base"] == pytest.approx(3)
+    assert fit.loc["m", "cpu_ms_per_step"] == pytest.approx(0.5)
+    assert fit.loc["m", "peak_mem_mb_per_step"] == pytest.approx(7)
+    assert fit.loc["m", "wall_ms_r2"] == pytest.approx(1)
