@@ -60,7 +60,8 @@ NOTES: list[str] = []  # things a figure had to leave out, reported in the notes
 
 def _palette(methods: list[str]) -> dict[str, Any]:
     methods = sort_methods(methods)
-    colors = sns.color_palette("tab10" if len(methods) <= 10 else "husl", len(methods))
+    name = "tab10" if len(methods) <= 10 else "tab20" if len(methods) <= 20 else "husl"
+    colors = sns.color_palette(name, len(methods))
     return dict(zip(methods, colors, strict=True))
 
 
@@ -265,7 +266,9 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
                 handles.setdefault(method, line)
             _set_scale(ax, metric, part["value"].to_numpy(float))
             ax.set_title(f"{d}: {TITLES.get(metric, metric)}", fontsize=9)
-            ax.set_xlabel("generator updates" if x == "step" else "training time (s)")
+            ax.set_xlabel("generator updates" if x == "step" else "training time (s, log)")
+            if x == "wall_time" and (part[x] > 0).all() and len(part):
+                ax.set_xscale("log")  # methods differ in cost per update by 10-100x
     if handles:
         handles = {m: handles[m] for m in sort_methods(handles)}
         fig.legend(
@@ -299,7 +302,8 @@ def elbo(ok, out_dir, pdf) -> Figure | None:
     if sub.empty:
         return None
     keys = sub.groupby(["dataset", "method"]).groups
-    panels = sorted(keys, key=lambda k: (k[0], method_key(k[1])))
+    order = _ordered(sub["dataset"].unique())
+    panels = sorted(keys, key=lambda k: (order.index(k[0]), method_key(k[1])))
     ncol = min(4, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(
