@@ -202,9 +202,7 @@ def verify_run(run_dir: Path, files: tuple[str, ...] = CHECKED_FILES) -> dict[st
 def collect(results_dir: Path) -> pd.DataFrame:
     """All runs' metric rows with their run name and status, from the run folders.
 
-    A failed run adds a row ``failed_at_step`` (its value: the step it failed at), so it
-    is counted even when it failed before its first evaluation. A folder whose
-    metrics.csv does not match the checksum in its config.json is left
+    A folder whose metrics.csv does not match the checksum in its config.json is left
     out (folders written before checksums existed, without "files", are read as is).
     """
     frames = []
@@ -217,24 +215,8 @@ def collect(results_dir: Path) -> pd.DataFrame:
             df = pd.read_csv(d / "metrics.csv")
         except (OSError, ValueError, AttributeError):
             continue  # a foreign or damaged folder is not a finished run
-        status = cfg.get("status", "unknown")
-        if status == "failed":  # so a run that failed before any evaluation still counts
-            row = {k: cfg.get(k) for k in ("method", "dataset", "seed")}
-            step = cfg.get("failed_step") or 0
-            fail = pd.DataFrame(
-                [
-                    {
-                        **row,
-                        "step": step,
-                        "metric": "failed_at_step",
-                        "value": float(step),
-                        "wall_time": cfg.get("train_time_s"),
-                    }
-                ]
-            )
-            df = fail if df.empty else pd.concat([df, fail], ignore_index=True)
         df["run"] = d.name
-        df["status"] = status
+        df["status"] = cfg.get("status", "unknown")
         frames.append(df)
     if not frames:
         return pd.DataFrame(columns=[*COLUMNS, "run", "status"])

@@ -433,6 +433,19 @@ def run(
             verbose=verbose,
         )
         final_samples = status.pop("final_samples")
+        if status["status"] == "failed":  # a row, so that a run that failed before its
+            step = status["failed_step"] or 0  # first evaluation is still counted
+            base = {"method": spec.method, "dataset": spec.dataset, "seed": spec.seed}
+            wall = status["train_time_s"]
+            rows.append(
+                {
+                    **base,
+                    "step": step,
+                    "metric": "failed_at_step",
+                    "value": float(step),
+                    "wall_time": wall,
+                }
+            )
         config.update(status)
         config["wall_time_s"] = time.perf_counter() - t0
         config["environment"] = environment(device)

@@ -215,9 +215,10 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, capsys, broken
     argv = ["run", "-m", "nan-at-3", "-m", "raises", "-m", "nan-samples", "-m", "gan",
             "-d", "ring", "--steps", "10", "--eval-every", "5", "--eval-samples", "500",
             "--no-progress", "--out", str(tmp_path)]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--verbose"]) == 0
     report = capsys.readouterr()
     assert "1 ok, 3 failed" in report.err
+    assert f"{RunSpec('gan', 'ring', 0, 10, 5, 500).run_name()} step 5/10 loss_d=" in report.err
     cfg = {res.read_config(d)["method"]: res.read_config(d) for d in res.run_dirs(tmp_path)}
     assert cfg["gan"]["status"] == "ok"
     assert cfg["nan-at-3"]["status"] == "failed" and cfg["nan-at-3"]["failed_step"] == 3
