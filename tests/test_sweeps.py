@@ -232,6 +232,7 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, capsys, broken
                       "nan-samples": "failed"}  # fmt: skip
     fail_rows = table[table.metric == "failed_at_step"].set_index("method")["value"]
     assert fail_rows.to_dict() == {"nan-at-3": 3.0, "raises": 1.0, "nan-samples": 5.0}
+    assert "| raises |" in report.out  # counted in the report, not hidden
 
     # Re-running keeps failed runs; --retry-failed trains them again.
     assert main(argv) == 0
