@@ -461,6 +461,8 @@ def run(
         config["complete"] = True  # written last: a config.json without it is unfinished
         for name in (res.CHECKPOINT, res.PROGRESS):
             (partial / name).unlink(missing_ok=True)
+        for tmp in partial.glob(".*.tmp"):  # left by a process killed mid-write
+            tmp.unlink(missing_ok=True)
         res.write_json_atomic(partial / "config.json", config)
         res.publish(partial, final)
     if verbose:
