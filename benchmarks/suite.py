@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -271,6 +272,12 @@ def check_device(device: str | None) -> None:
             raise McbenchError(f"--device {device}: this machine has {n} CUDA device(s)")
 
 
+# Seeding and the torch thread count are per process: runs that share a process (a Dask
+# worker started with --nthreads above 1) take turns, or their numbers would depend on
+# each other. Start workers with --nthreads 1 and one process per run slot instead.
+_ONE_RUN_PER_PROCESS = threading.Lock()
+
+
 def _worker(
     spec: RunSpec,
     results_dir: str,
@@ -285,21 +292,22 @@ def _worker(
     exits instead of starting another run."""
     if parent is not None and os.getppid() != parent:
         os._exit(1)  # an orphaned joblib worker: nobody waits for this run any more
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with device_slot(device) as dev:
-            cfg = run(spec, Path(results_dir), dev, **opts)
-        return {k: cfg.get(k) for k in OUTCOME_KEYS}
-    except Exception as exc:
-        return {
-            "run": spec.run_name(),
-            "status": "error",
-            "reason": f"{type(exc).__name__}: {exc}",
-            "skipped": False,
-        }
-    finally:
-        torch.set_num_threads(before)
+    with _ONE_RUN_PER_PROCESS:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with device_slot(device) as dev:
+                cfg = run(spec, Path(results_dir), dev, **opts)
+            return {k: cfg.get(k) for k in OUTCOME_KEYS}
+        except Exception as exc:
+            return {
+                "run": spec.run_name(),
+                "status": "error",
+                "reason": f"{type(exc).__name__}: {exc}",
+                "skipped": False,
+            }
+        finally:
+            torch.set_num_threads(before)
 
 
 OUTCOME_KEYS = ("run", "status", "reason", "failed_step", "skipped", "wall_time_s")
@@ -357,11 +365,16 @@ def run_specs(
     """
     from tqdm import tqdm
 
-    client = _connect(scheduler) if scheduler else None  # fail before any work
-    if client is None:
+    if not scheduler:
         check_device(device)
     results_dir = Path(results_dir).resolve()  # workers may start elsewhere
-    results_dir.mkdir(parents=True, exist_ok=True)
+    client = _connect(scheduler) if scheduler else None  # fail before any work
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if client is not None:
+            client.close()
+        raise McbenchError(f"cannot create the results folder {results_dir}: {exc}") from None
     todo, outcomes = plan(specs, results_dir, retry_failed)
     opts = {"checkpoint_every": checkpoint_every, "retry_failed": retry_failed, "verbose": verbose}
     args = (str(results_dir), device, threads, opts)
@@ -390,17 +403,16 @@ def run_specs(
         if client is not None:
             from distributed import as_completed
 
-            with client:
-                futures = {
-                    client.submit(_worker, s, *args, key=f"mcbench-{s.run_name()}"): s for s in todo
-                }
-                for fut in as_completed(futures):
-                    try:
-                        out = fut.result()
-                    except Exception as exc:  # the worker died (killed, out of memory)
-                        name = futures[fut].run_name()
-                        out = {"run": name, "status": "error", "reason": repr(exc)}
-                    land(out)
+            futures = {
+                client.submit(_worker, s, *args, key=f"mcbench-{s.run_name()}"): s for s in todo
+            }
+            for fut in as_completed(futures):
+                try:
+                    out = fut.result()
+                except Exception as exc:  # its worker died again and again (out of memory)
+                    name = futures[fut].run_name()
+                    out = {"run": name, "status": "error", "reason": repr(exc)}
+                land(out)
         elif width <= 1:
             for spec in todo:
                 land(_worker(spec, *args))
@@ -413,5 +425,7 @@ def run_specs(
                 land(out)
     finally:
         bar.close()
+        if client is not None:
+            client.close()
         res.write_table(results_dir)
     return outcomes + landed
