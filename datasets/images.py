@@ -73,7 +73,9 @@ def as_images(samples: np.ndarray | torch.Tensor, shape: tuple[int, ...]) -> tor
         raise McbenchError(
             f"pixel values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}] (scale images first)"
         )
-    return x.clamp_(0, 1).contiguous()
+    if lo < 0 or hi > 1:
+        x = x.clamp(0, 1)  # never in place: x may share memory with the caller's array
+    return x.contiguous()
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 10, pad: int = 2) -> Path:
