@@ -277,12 +277,14 @@ def train(
             prog.train_time += dt
             prog.interval_time += dt
             prog.interval_steps += 1
-            if losses:  # flag the first non-finite loss on the device: no host sync
-                vals = torch.stack(
-                    [torch.as_tensor(v).detach().float().sum() for v in losses.values()]
-                )
-                hit = ~torch.isfinite(vals).all() & (first_bad == 0)
-                first_bad = torch.where(hit, step, first_bad)
+            if losses:  # the first step with a non-finite loss, kept on the device (no
+                # host sync per step; NaN or inf in any loss makes the sum non-finite)
+                vals = list(losses.values())
+                total = vals[0]
+                for v in vals[1:]:
+                    total = total + v
+                ok = torch.isfinite(torch.as_tensor(total)) | (first_bad > 0)
+                first_bad = torch.where(ok, first_bad, step)
             evaluate = step % spec.eval_every == 0 or step == spec.steps
             save = checkpoint is not None and step % every == 0 and step < spec.steps
             if (evaluate or save) and int(first_bad):
