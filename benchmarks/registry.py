@@ -86,6 +86,22 @@ def methods() -> dict[str, MethodEntry]:
     return reg
 
 
+def distinct_methods() -> list[str]:
+    """The names that "all" means: one per distinct (class, configuration).
+
+    A name and an alias that resolve to the same configuration (``pacgan`` with its
+    default m=2 and ``pacgan2``) are one method; the alias, the more explicit name, is
+    kept so that no suite trains the same thing twice.
+    """
+    keep: dict[tuple, str] = {}
+    for name, entry in methods().items():
+        cfg = entry.cls.make_config(entry.overrides)
+        ident = (entry.cls, repr(cfg))
+        keep[ident] = name  # aliases are registered after their class name
+    chosen = set(keep.values())
+    return [n for n in methods() if n in chosen]
+
+
 _SELECTOR = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\[(.*)\])?\s*$")
 
 

@@ -27,7 +27,7 @@ from mcbench import results as res
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
 from mcbench.protocol import get_protocol
-from mcbench.registry import methods, parse_selector, resolve
+from mcbench.registry import distinct_methods, methods, parse_selector, resolve
 from mcbench.runner import RunSpec, default_device, finished, run
 
 if sys.version_info >= (3, 11):
@@ -152,7 +152,7 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
                 )
     selected = raw["methods"]
     if selected == "all":
-        selected = [m for m in registered if m not in exclude]
+        selected = [m for m in distinct_methods() if m not in exclude]
     if not isinstance(selected, list) or not all(isinstance(m, str) for m in selected):
         raise McbenchError(f'{where}: methods must be a list of names or "all", got {selected!r}')
     if not selected:

@@ -97,3 +97,12 @@ def test_selectors_and_unknown_names(fresh_registry):
         registry.resolve("gan[d_steps=two]")
     _, cfg = registry.resolve("gan[d_steps=3]")
     assert cfg.d_steps == 3
+
+
+def test_all_means_one_name_per_distinct_configuration():
+    from mcbench.suite import load_suite
+
+    names = {s.method for s in load_suite("smoke").specs}
+    assert "pacgan2" in names and "pacgan" not in names  # pacgan's default is m=2
+    assert {"pacgan3", "pacgan4", "gan"} <= names
+    assert names == set(registry.distinct_methods())
