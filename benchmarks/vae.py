@@ -80,8 +80,3 @@ class VAE(nn.Module):
         """Decoder means of latent codes (the estimator's samples, for plots)."""
         out = self.decoder(z)
         return out.chunk(2, dim=1)[0] if self.learn_var else out
-
-
-def make_vae(problem: Problem, latent_dim: int, decoder_var: float, learn_var: bool) -> VAE:
-    """The estimator on the problem's device and dtype."""
-    return VAE(problem, latent_dim, decoder_var, learn_var).to(problem.device)
