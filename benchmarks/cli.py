@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     report.add_arguments(s)
     s.set_defaults(func=cmd_report)
+    s = sub.add_parser("study", help="unroll-depth study: time, memory and ring quality against K")
+    from mcbench import depth_study
+
+    depth_study.add_arguments(s)
+    s.set_defaults(func=depth_study.run)
     return p
 
 
