@@ -36,7 +36,7 @@ import torch
 
 from mcbench.errors import McbenchError
 from mcbench.registry import methods
-from mcbench.runner import RunSpec, build, default_device, derive_seed, generate
+from mcbench.runner import RunSpec, build, cpu_model, default_device, derive_seed, generate
 
 STUDY_METHODS = ("lbt", "lbt-gan", "unrolled-gan", "lbt-implicit")
 # Methods without an unroll depth: measured once, shown as K = 0 and as a flat reference.
@@ -170,13 +170,7 @@ def machine(device: torch.device, threads: int) -> dict[str, Any]:
         "load_avg_at_start": os.getloadavg(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        info["cpu"] = platform.processor()
+    info["cpu"] = cpu_model()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

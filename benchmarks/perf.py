@@ -55,7 +55,15 @@ from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
 from mcbench.protocol import MIXTURE2D
 from mcbench.registry import methods, resolve
-from mcbench.runner import RunSpec, build, default_device, derive_seed, generate, train
+from mcbench.runner import (
+    RunSpec,
+    build,
+    cpu_model,
+    default_device,
+    derive_seed,
+    generate,
+    train,
+)
 
 CSV_COLUMNS = ("section", "item", "metric", "value", "unit")
 SECTIONS = ("overhead", "peak", "metrics", "methods", "projection", "processes")
@@ -69,7 +77,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on: CPU model, threads, torch, GPU."""
     info: dict[str, Any] = {
         "device": str(device),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -82,13 +90,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
         info["cpus_usable"] = len(os.sched_getaffinity(0))
         info["load_avg"] = list(os.getloadavg())
     except (AttributeError, OSError):  # not on Linux
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -355,6 +355,18 @@ def report_progress(
     )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, where platform.processor()
+    is empty), else whatever the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     env = {
         "mcbench": mcbench.__version__,
@@ -365,11 +377,10 @@ def environment(device: torch.device) -> dict[str, Any]:
         "pid": os.getpid(),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
     return env
 
 
