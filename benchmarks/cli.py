@@ -45,11 +45,12 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(json.dumps(data, indent=2, default=str))
         return
     print("datasets:")
+    width = max(map(len, data["datasets"])) + 1
     for n, info in data["datasets"].items():
-        extra = (
-            f"{info.get('modes', '')} modes, std {info.get('std', '')}" if "modes" in info else ""
-        )
-        print(f"  {n:<14} {info['family']:<10} {extra}  ({info.get('source', '')})")
+        facts = [f"{info['modes']} modes"] if "modes" in info else []
+        facts += [f"std {info['std']}"] if "std" in info else []
+        facts.append(f"source: {info.get('source', '')}")
+        print(f"  {n:<{width}} {info['family']:<{width}} {', '.join(facts)}")
     print("methods:")
     for n, e in reg.items():
         alias = (
