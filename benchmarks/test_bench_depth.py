@@ -22,14 +22,6 @@ KS = [1, 2, 5, 10, 20]
 METHODS = ["lbt", "lbt-gan", "unrolled-gan", "lbt-implicit"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("method", METHODS)
 def test_time_per_update(benchmark, method: str, k: int) -> None:

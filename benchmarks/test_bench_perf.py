@@ -29,14 +29,6 @@ PEAK_SIZE = 2048
 UPDATE_METHODS = [*methods(), "lbt[preset=paper]"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _min_seconds(benchmark) -> float | None:
     """The fastest round, or None when benchmarks are disabled (a single plain call)."""
     return benchmark.stats.stats.min if benchmark.stats else None

@@ -1,3 +1,5 @@
+"""Shared by tests/ and the pytest-benchmark files in benchmarks/."""
+
 import pytest
 import torch
 
