@@ -25,16 +25,25 @@ class GaussianMixture2D(Dataset):
         self.std = float(std)
         self.source = source
         self.shape = (2,)
+        self._centers_t: dict[str, torch.Tensor] = {}
 
     @property
     def n_modes(self) -> int:
         return len(self.centers)
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        c = torch.as_tensor(self.centers, dtype=torch.float32, device=device)
+        c = self._centers_on(device)
         idx = torch.randint(len(c), (n,), generator=generator, device=device)
         eps = torch.randn(n, 2, generator=generator, device=device)
         return c[idx] + self.std * eps
+
+    def _centers_on(self, device: torch.device) -> torch.Tensor:
+        """The centres as a float32 tensor on `device`, made once per device: sampling
+        runs every training step."""
+        key = str(device)
+        if key not in self._centers_t:
+            self._centers_t[key] = torch.as_tensor(self.centers, dtype=torch.float32, device=device)
+        return self._centers_t[key]
 
     def evaluate(self, samples: np.ndarray | torch.Tensor, **kwargs: Any) -> dict[str, float]:
         return mixture_metrics(samples, self.centers, self.std, **kwargs)
