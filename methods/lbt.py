@@ -78,7 +78,8 @@ class LBT(Method):
 
     def __init__(self, problem: Problem, cfg: LBTConfig) -> None:
         super().__init__(problem, cfg)
-        betas = (0.9, 0.999) if cfg.adam_defaults else problem.betas
+        self.betas = (0.9, 0.999) if cfg.adam_defaults else problem.betas
+        betas = self.betas
         self.G = problem.generator(problem.latent_dim)
         self.E = VAE(problem, cfg.vae_latent, cfg.decoder_var, cfg.learn_var)
         self.opt_g = problem.adam(self.G.parameters(), problem.lr_g, betas)

@@ -52,8 +52,7 @@ class LBTGAN(LBT):
     def __init__(self, problem: Problem, cfg: LBTGANConfig) -> None:
         super().__init__(problem, cfg)
         self.D = problem.critic()
-        betas = (0.9, 0.999) if cfg.adam_defaults else problem.betas
-        self.opt_d = problem.adam(self.D.parameters(), problem.lr_d, betas)
+        self.opt_d = problem.adam(self.D.parameters(), problem.lr_d, self.betas)
         default = 0.1 if problem.family == "mixture2d" else 1.0
         self.lambda_gan = default if cfg.lambda_gan is None else cfg.lambda_gan
 
