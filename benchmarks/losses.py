@@ -1,4 +1,8 @@
-"""GAN losses shared by every adversarial method, written once on logits."""
+"""GAN losses shared by every adversarial method, written once on logits.
+
+Logits are (n, k) for one seed, giving a scalar loss, or (R, n, k) with replicas,
+giving one loss per replica (see mcbench.replicas).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,21 @@ import torch
 import torch.nn.functional as F
 
 
+def sample_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the samples: a scalar for (n, k), (R,) for (R, n, k)."""
+    return x.mean() if x.dim() <= 2 else x.flatten(1).mean(1)
+
+
 def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator cross-entropy: real labelled 1, fake labelled 0."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    return sample_mean(F.softplus(-real_logits)) + sample_mean(F.softplus(fake_logits))
 
 
 def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
     """-log D(G(z)), the generator loss of Goodfellow et al.'s practical variant."""
-    return F.softplus(-fake_logits).mean()
+    return sample_mean(F.softplus(-fake_logits))
 
 
 def g_loss_minimax(fake_logits: torch.Tensor) -> torch.Tensor:
     """log(1 - D(G(z))), the saturating minimax loss (kept for completeness)."""
-    return -F.softplus(fake_logits).mean()
+    return -sample_mean(F.softplus(fake_logits))

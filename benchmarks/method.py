@@ -8,7 +8,7 @@ evaluation, logging and checkpoints belong to the harness, never to a method.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from mcbench.errors import McbenchError
+
+Rng = torch.Generator | list[torch.Generator]
 
 
 @dataclass
@@ -29,7 +31,7 @@ class Problem:
     data_shape: tuple[int, ...]
     latent_dim: int
     device: torch.device
-    rng: torch.Generator
+    rng: Rng
     lr_g: float
     lr_d: float
     betas: tuple[float, float]
@@ -47,6 +49,12 @@ class Problem:
     estimator_hidden: tuple[int, ...] = (128, 128)
     sample_real: Callable[[int], torch.Tensor] = field(repr=False, default=None)  # type: ignore[assignment]
     family: str = "mixture2d"
+    # None: one seed, tensors (n, ...). R: R seeds trained together (mcbench.replicas),
+    # `rng` a list of R generators, nets and tensors with a leading dimension R.
+    replicas: int | None = None
+    # Optimisers keep their step on the device, so a whole update can be captured as a
+    # CUDA graph (mcbench.graphs); off by default (it is slower eagerly).
+    capturable: bool = False
 
     @property
     def data_dim(self) -> int:
@@ -55,15 +63,53 @@ class Problem:
             n *= s
         return n
 
-    def noise(
-        self, n: int, dim: int | None = None, rng: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Standard normal codes from the method's seeded stream (or from `rng`)."""
+    @property
+    def batch_dim(self) -> int:
+        """The samples' dimension: 0 for one seed, 1 with replicas (0 is the replica)."""
+        return 0 if self.replicas is None else 1
+
+    def noise(self, n: int, dim: int | None = None, rng: Rng | None = None) -> torch.Tensor:
+        """Standard normal codes from the method's seeded stream (or from `rng`): (n, d),
+        or (R, n, d) with replica r drawn from its own stream."""
         d = self.latent_dim if dim is None else dim
-        return torch.randn(n, d, generator=rng or self.rng, device=self.device)
+        rng = rng or self.rng
+        if isinstance(rng, list):
+            return torch.stack([torch.randn(n, d, generator=g, device=self.device) for g in rng])
+        return torch.randn(n, d, generator=rng, device=self.device)
+
+    def spawn_rng(self) -> Rng:
+        """A new stream seeded from the method's (one per replica), e.g. for diagnostics
+        that must not shift the training noise."""
+
+        def child(g: torch.Generator) -> torch.Generator:
+            seed = int(torch.randint(2**62, (1,), generator=g, device=self.device))
+            return torch.Generator(self.device).manual_seed(seed)
+
+        return [child(g) for g in self.rng] if isinstance(self.rng, list) else child(self.rng)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean over samples (and every per-sample dimension): a scalar for one seed,
+        (R,) with replicas. Losses are built from this, so replica r's gradient is
+        exactly its own run's: the harness differentiates the sum over replicas."""
+        return x.mean() if self.replicas is None else x.reshape(x.shape[0], -1).mean(1)
+
+    def chunk(self, x: torch.Tensor, k: int) -> list[torch.Tensor]:
+        """Split a batch into k batches along the sample dimension."""
+        return list(x.chunk(k, dim=self.batch_dim))
+
+    def clip_grad_norm_(self, params: Iterable[nn.Parameter], max_norm: float) -> None:
+        """Global-norm gradient clipping, per replica with replicas."""
+        if self.replicas is None:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        else:
+            from mcbench.replicas import clip_grad_norm_
+
+            clip_grad_norm_(params, max_norm)
 
     def adam(self, params, lr: float, betas: tuple[float, float] | None = None):
         """The protocol's optimiser, so methods never pick their own by accident."""
+        if self.capturable:
+            return torch.optim.Adam(params, lr=lr, betas=betas or self.betas, capturable=True)
         return torch.optim.Adam(params, lr=lr, betas=betas or self.betas)
 
 
@@ -82,17 +128,22 @@ class Method:
     aliases: ClassVar[dict[str, dict[str, Any]]] = {}
     # Where the defaults come from, shown in README's method table.
     defaults_from: ClassVar[str] = ""
+    # True: `step` is written for both layouts (see Problem.replicas), so the harness
+    # may train several seeds together. Plugins that index batches by hand leave it
+    # False and run one seed at a time.
+    replicas: ClassVar[bool] = False
 
     def __init__(self, problem: Problem, config: Any) -> None:
         self.problem = problem
         self.cfg = config
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One generator update on a real batch; returns detached scalar losses."""
+        """One generator update on a real batch; returns detached scalar losses ((R,)
+        per-replica losses with replicas)."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample(self, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, rng: Rng | None = None) -> torch.Tensor:
         """n generated samples (generator in eval mode); `rng` keeps evaluation from
         consuming the training noise stream."""
         g = self.generator_module()
@@ -136,6 +187,8 @@ class Method:
         for k, v in vars(self).items():
             if isinstance(v, torch.Generator):
                 out[f"rng.{k}"] = v.get_state()
+            elif isinstance(v, list) and v and all(isinstance(g, torch.Generator) for g in v):
+                out[f"rngs.{k}"] = [g.get_state() for g in v]
             elif isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
                 out[f"tensor.{k}"] = v.detach().clone()
             elif isinstance(v, (int, float)):
@@ -147,6 +200,9 @@ class Method:
             kind, name = key.split(".", 1)
             if kind == "rng":
                 getattr(self, name).set_state(v)
+            elif kind == "rngs":
+                for g, st in zip(getattr(self, name), v, strict=True):
+                    g.set_state(st)
             elif kind == "tensor":
                 current = getattr(self, name)
                 if current.shape == v.shape:

@@ -183,10 +183,17 @@ def make_problem(
     dataset: Dataset,
     protocol: Protocol,
     device: torch.device,
-    rng: torch.Generator,
-    data_rng: torch.Generator,
+    rng: torch.Generator | list[torch.Generator],
+    data_rng: torch.Generator | list[torch.Generator],
+    init_states: list[torch.Tensor] | None = None,
+    capturable: bool = False,
 ) -> Problem:
-    """The Problem a method is built from; every net it builds lands on `device`."""
+    """The Problem a method is built from; every net it builds lands on `device`.
+
+    With lists of generators (one method and one data stream per seed) and each seed's
+    CPU init state, it is a replica problem: its nets are `mcbench.replicas` stacks,
+    replica r initialised as the sequential run of seed r would be.
+    """
     if isinstance(protocol, ImageProtocol):
         nets = DCGANFamily(
             dataset.shape, protocol.hidden, protocol.activation, protocol.spec, protocol.d_ratio
@@ -194,11 +201,32 @@ def make_problem(
     else:
         nets = MLPFamily(dataset.shape, protocol.hidden, protocol.activation)
 
-    def on_device(build):
-        def wrapped(*args, **kwargs):
-            return build(*args, **kwargs).to(device)
+    if isinstance(rng, list):
+        from mcbench.replicas import replica_builder
 
-        return wrapped
+        if not isinstance(data_rng, list) or init_states is None:
+            raise ValueError("a replica problem needs one data stream and init state per seed")
+        if not len(rng) == len(data_rng) == len(init_states) > 0:
+            raise ValueError("replica streams and init states differ in number")
+        replicas: int | None = len(rng)
+
+        def place(build):
+            return replica_builder(build, init_states, device)
+
+        def sample_real(n: int) -> torch.Tensor:
+            return torch.stack([dataset.sample(n, g, device) for g in data_rng])
+
+    else:
+        replicas = None
+
+        def place(build):
+            def wrapped(*args, **kwargs):
+                return build(*args, **kwargs).to(device)
+
+            return wrapped
+
+        def sample_real(n: int) -> torch.Tensor:
+            return dataset.sample(n, data_rng, device)
 
     return Problem(
         data_shape=tuple(dataset.shape),
@@ -209,11 +237,13 @@ def make_problem(
         lr_d=protocol.lr_d,
         betas=protocol.betas,
         batch_size=protocol.batch_size,
-        generator=on_device(nets.generator),
-        critic=on_device(nets.critic),
-        encoder=on_device(nets.encoder),
-        mlp=on_device(nets.mlp),
+        generator=place(nets.generator),
+        critic=place(nets.critic),
+        encoder=place(nets.encoder),
+        mlp=place(nets.mlp),
         estimator_hidden=protocol.estimator_hidden or protocol.hidden,
-        sample_real=lambda n: dataset.sample(n, data_rng, device),
+        sample_real=sample_real,
         family=protocol.family,
+        replicas=replicas,
+        capturable=capturable,
     )

@@ -22,7 +22,7 @@ Params = dict[str, torch.Tensor]
 class AdamState:
     """Adam's moments and step count, for a functional (differentiable) update."""
 
-    step: int
+    step: int | torch.Tensor  # a device tensor for capturable optimisers (CUDA graphs)
     exp_avg: Params
     exp_avg_sq: Params
     lr: float
@@ -45,11 +45,20 @@ class AdamState:
             if "exp_avg" in st:
                 m[name] = st["exp_avg"].detach().clone()
                 v[name] = st["exp_avg_sq"].detach().clone()
-                step = int(st["step"])
+                step = _step_count(st["step"])
             else:
                 m[name] = torch.zeros_like(p)
                 v[name] = torch.zeros_like(p)
         return cls(step, m, v, group["lr"], tuple(group["betas"]), group["eps"])
+
+
+def _step_count(step: torch.Tensor | float) -> int | torch.Tensor:
+    """Adam's step count as a Python int, except where a capturable optimiser keeps it
+    on the GPU: reading it there would synchronise the host and bake the number into a
+    captured graph, so the bias corrections are computed on the device instead."""
+    if isinstance(step, torch.Tensor) and step.device.type != "cpu":
+        return step.detach().clone()
+    return int(step)
 
 
 def adam_step(
@@ -104,7 +113,9 @@ def unroll(
     for _ in range(steps):
         loss = loss_fn(bind(module, params))
         names = list(params)
-        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
+        grads = torch.autograd.grad(
+            loss.sum(), [params[n] for n in names], create_graph=create_graph
+        )
         params, state = adam_step(
             params, dict(zip(names, grads, strict=True)), state, differentiate_second_moment
         )

@@ -27,6 +27,7 @@ class GAN(Method):
     name = "gan"
     Config = GANConfig
     defaults_from = "protocol (Goodfellow et al. give no 2-D settings)"
+    replicas = True
 
     def __init__(self, problem: Problem, cfg: GANConfig) -> None:
         super().__init__(problem, cfg)
@@ -36,16 +37,16 @@ class GAN(Method):
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = real.shape[0]
+        n = real.shape[self.problem.batch_dim]
         for _ in range(self.cfg.d_steps):
             fake = self.G(self.problem.noise(n)).detach()
             loss_d = d_loss(self.D(real), self.D(fake))
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            loss_d.sum().backward()
             self.opt_d.step()
 
         loss_g = g_loss_nonsaturating(self.D(self.G(self.problem.noise(n))))
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        loss_g.sum().backward()
         self.opt_g.step()
         return {"d": loss_d.detach(), "g": loss_g.detach()}

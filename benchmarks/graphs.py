@@ -1,0 +1,58 @@
+"""Whole-step CUDA graph capture of a method's update.
+
+An eager LBT update launches thousands of small kernels; on a GPU their launch cost,
+not the arithmetic, sets the pace. Captured once as a CUDA graph, the whole update
+(inner loops, unroll, optimiser steps) replays as one launch. What capture needs, and
+how the harness provides it:
+  - static shapes and addresses: the real batch is copied into one static input tensor;
+    the losses come back in static output tensors, read only at evaluation points;
+  - capturable optimisers: `Problem.capturable` makes `Problem.adam` keep its step count
+    on the device, and `AdamState.from_optimizer` then carries it as a tensor;
+  - random numbers inside the graph: the method's generators are registered with the
+    graph, so every replay draws fresh noise and advances them;
+  - no host synchronisation in the step (no `.item()`, no data-dependent branch).
+Capture is CUDA-only; on a CPU (or when capture fails) the runner steps eagerly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Step = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def generators(method) -> list[torch.Generator]:
+    """Every torch.Generator a method draws from in `step`: the problem's streams and
+    any generator (or list of them) the method holds."""
+    found: list[torch.Generator] = []
+    for value in [method.problem.rng, *vars(method).values()]:
+        items = value if isinstance(value, list) else [value]
+        found += [g for g in items if isinstance(g, torch.Generator) and g not in found]
+    return found
+
+
+def capture_step(method, real: torch.Tensor) -> Step | None:
+    """`step(real) -> losses` replaying `method.step` as one CUDA graph, or None where
+    capture is impossible (a CPU device). The method must have taken at least one eager
+    step (optimiser states and lazy buffers exist) and, for Adam, be built with
+    `Problem.capturable`. Capture records the work without running it: the returned
+    function's first call performs the captured update on its batch."""
+    if real.device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    static_real = real.detach().clone()
+    graph = torch.cuda.CUDAGraph()
+    for g in generators(method):
+        if g.device.type == "cuda":
+            graph.register_generator_state(g)
+    torch.cuda.synchronize(real.device)
+    with torch.cuda.graph(graph):
+        out = method.step(static_real)
+
+    def step(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        static_real.copy_(batch)
+        graph.replay()
+        return out
+
+    return step
