@@ -36,6 +36,7 @@ class ALI(Method):
         "papers (joint (x, z) discriminator, swapped-label G/E loss, deterministic BiGAN "
         "encoder); nets and Adam from the protocol, G and E at the generator's lr"
     )
+    replicas = True
 
     def __init__(self, problem: Problem, cfg: ALIConfig) -> None:
         super().__init__(problem, cfg)
@@ -46,19 +47,19 @@ class ALI(Method):
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = real.shape[0]
+        n = real.shape[self.problem.batch_dim]
         for _ in range(self.cfg.d_steps):
             z = self.problem.noise(n)
             with torch.no_grad():
                 fake, z_real = self.G(z), self.E(real)
             loss_d = d_loss(self.D(real, z_real), self.D(fake, z))
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            loss_d.sum().backward()
             self.opt_d.step()
 
         z = self.problem.noise(n)
         loss_ge = d_loss(self.D(self.G(z), z), self.D(real, self.E(real)))
         self.opt_ge.zero_grad(set_to_none=True)
-        loss_ge.backward(inputs=self.opt_ge.param_groups[0]["params"])
+        loss_ge.sum().backward(inputs=self.opt_ge.param_groups[0]["params"])
         self.opt_ge.step()
         return {"d": loss_d.detach(), "g": loss_ge.detach()}

@@ -23,11 +23,13 @@ from mcbench.losses import d_loss, g_loss_nonsaturating
 from mcbench.method import Method, Problem, positive
 
 
-def pack(x: torch.Tensor, m: int) -> torch.Tensor:
+def pack(x: torch.Tensor, m: int, dim: int = 0) -> torch.Tensor:
     """(n, C, ...) -> (n // m, m * C, ...): consecutive groups of m samples, concatenated
-    along dimension 1; the last n mod m samples are dropped."""
-    k = x.shape[0] // m
-    return x[: k * m].reshape(k, m * x.shape[1], *x.shape[2:])
+    along the first data dimension; the last n mod m samples are dropped. `dim` is the
+    samples' dimension (1 with replicas: (R, n, C, ...) -> (R, n // m, m * C, ...))."""
+    k = x.shape[dim] // m
+    lead, rest = x.shape[:dim], x.shape[dim + 2 :]
+    return x.narrow(dim, 0, k * m).reshape(*lead, k, m * x.shape[dim + 1], *rest)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class PacGAN(Method):
         "paper (m = 2, 3, 4; only D's input changes); nets, Adam and batch from the "
         "protocol (PacGAN's own 2-D nets and Adam differ)"
     )
+    replicas = True
 
     def __init__(self, problem: Problem, cfg: PacGANConfig) -> None:
         super().__init__(problem, cfg)
@@ -65,20 +68,20 @@ class PacGAN(Method):
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        m = self.cfg.m
-        n = (real.shape[0] // m) * m  # samples per side that fill whole packs
+        m, dim = self.cfg.m, self.problem.batch_dim
+        n = (real.shape[dim] // m) * m  # samples per side that fill whole packs
         if n == 0:
-            raise McbenchError(f"method 'pacgan': batch of {real.shape[0]} < m={m}")
-        real_packs = pack(real, m)
+            raise McbenchError(f"method 'pacgan': batch of {real.shape[dim]} < m={m}")
+        real_packs = pack(real, m, dim)
         for _ in range(self.cfg.d_steps):
             fake = self.G(self.problem.noise(n)).detach()
-            loss_d = d_loss(self.D(real_packs), self.D(pack(fake, m)))
+            loss_d = d_loss(self.D(real_packs), self.D(pack(fake, m, dim)))
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            loss_d.sum().backward()
             self.opt_d.step()
 
-        loss_g = g_loss_nonsaturating(self.D(pack(self.G(self.problem.noise(n)), m)))
+        loss_g = g_loss_nonsaturating(self.D(pack(self.G(self.problem.noise(n)), m, dim)))
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        loss_g.sum().backward()
         self.opt_g.step()
         return {"d": loss_d.detach(), "g": loss_g.detach()}

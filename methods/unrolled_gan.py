@@ -10,6 +10,9 @@ f(G, theta_D) = L_D = -log D(x) - log(1 - D(G(z))) written as the discriminator'
   3. D takes its ordinary Adam step on L_D from its current weights. Steps 2 and 3 start
      from the same D, the paper's simultaneous update rule.
 With K = 0 this is the plain GAN. `g_loss="nonsaturating"` uses -log D_K(G(z)) instead.
+
+Replicas: the losses are per replica and the unroll differentiates their sum, so each
+replica's look-ahead is its own run's (Adam is elementwise, all replicas share its step).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class UnrolledGAN(Method):
         "paper's 2-D demo (K = 5, minimax G loss, Adam unrolled with moments); "
         "nets and Adam settings from the protocol, which match the demo"
     )
+    replicas = True
 
     def __init__(self, problem: Problem, cfg: UnrolledGANConfig) -> None:
         super().__init__(problem, cfg)
@@ -63,7 +67,7 @@ class UnrolledGAN(Method):
         """The generator's objective at the look-ahead discriminator theta_D^K.
 
         Differentiable with respect to G (through `fake`, also inside the unroll); D's
-        own weights and optimiser are left untouched.
+        own weights and optimiser are left untouched. A scalar, or (R,) with replicas.
         """
         state = AdamState.from_optimizer(self.D, self.opt_d)
         params = unroll(
@@ -80,17 +84,17 @@ class UnrolledGAN(Method):
         return g_loss_nonsaturating(d_k(fake))
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        fake = self.G(self.problem.noise(real.shape[0]))
+        fake = self.G(self.problem.noise(real.shape[self.problem.batch_dim]))
 
         # 1-2. generator gradient through K look-ahead steps of D (only G's grads kept)
         loss_g = self.generator_loss(real, fake)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward(inputs=list(self.G.parameters()))
+        loss_g.sum().backward(inputs=list(self.G.parameters()))
 
         # 3. the discriminator's ordinary step, from the same starting point
         loss_d = d_loss(self.D(real), self.D(fake.detach()))
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        loss_d.sum().backward()
         self.opt_d.step()
         self.opt_g.step()
         return {"d": loss_d.detach(), "g": loss_g.detach()}

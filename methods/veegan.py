@@ -60,6 +60,7 @@ class VEEGAN(Method):
         "paper (objective: logit + unweighted l2 latent reconstruction; preset "
         "authors-code: Gaussian reconstructor); nets, latent size and Adam from the protocol"
     )
+    replicas = True
 
     def __init__(self, problem: Problem, cfg: VEEGANConfig) -> None:
         super().__init__(problem, cfg)
@@ -77,7 +78,7 @@ class VEEGAN(Method):
         out = self.F(x)
         if self.cfg.reconstructor == "l2":
             return out, None
-        mean, raw = out.chunk(2, dim=1)
+        mean, raw = out.chunk(2, dim=-1)
         return mean, F.softplus(raw) + 1e-4
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,35 +86,37 @@ class VEEGAN(Method):
         mean, scale = self._mean_scale(x)
         if scale is None:
             return mean
-        return mean + scale * self.problem.noise(x.shape[0], dim=mean.shape[1])
+        n = x.shape[self.problem.batch_dim]
+        return mean + scale * self.problem.noise(n, dim=mean.shape[-1])
 
     def reconstruction(self, z: torch.Tensor, fake: torch.Tensor | None = None) -> torch.Tensor:
-        """mean d(z, G(z)) = -log p_F(z | G(z)) + const (`fake` = G(z) if given)."""
+        """mean d(z, G(z)) = -log p_F(z | G(z)) + const (`fake` = G(z) if given); (R,)
+        with replicas."""
         mean, scale = self._mean_scale(self.G(z) if fake is None else fake)
         if scale is None:
-            return (z - mean).pow(2).sum(1).mean()
+            return self.problem.mean((z - mean).pow(2).sum(-1))
         nll = 0.5 * ((z - mean) / scale).pow(2) + scale.log() + 0.5 * math.log(2 * math.pi)
-        return nll.sum(1).mean()
+        return self.problem.mean(nll.sum(-1))
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = real.shape[0]
+        n = real.shape[self.problem.batch_dim]
         for _ in range(self.cfg.d_steps):
             z = self.problem.noise(n)
             with torch.no_grad():
                 fake, z_real = self.G(z), self.reconstruct(real)
             loss_d = d_loss(self.D(fake, z), self.D(real, z_real))
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            loss_d.sum().backward()
             self.opt_d.step()
 
         z = self.problem.noise(n)
         fake = self.G(z)
-        logit = self.D(fake, z).mean()
+        logit = self.problem.mean(self.D(fake, z))
         recon = self.reconstruction(z, fake)
         loss_gf = logit + self.cfg.recon_weight * recon
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_f.zero_grad(set_to_none=True)
-        loss_gf.backward(inputs=[*self.G.parameters(), *self.F.parameters()])
+        loss_gf.sum().backward(inputs=[*self.G.parameters(), *self.F.parameters()])
         self.opt_g.step()
         self.opt_f.step()
         losses = {"d": loss_d, "g": loss_gf, "logit": logit, "recon": recon}
