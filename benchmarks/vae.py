@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mcbench.errors import McbenchError
-from mcbench.method import Problem
+from mcbench.method import Problem, Rng
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -31,6 +31,8 @@ class VAE(nn.Module):
 
     Encoder and decoder are the protocol's MLPs of `problem.estimator_hidden` widths
     (decoder widths reversed, e.g. 1000-400 encoder and 400-1000 decoder on images).
+    On a replica problem the nets are replica nets and every tensor has a leading
+    replica dimension, so only feature dimensions are named (from the end).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class VAE(nn.Module):
         hidden = tuple(problem.estimator_hidden)
         d = problem.data_dim
         self.latent_dim = latent_dim
+        self.batch_dim = problem.batch_dim
         self.learn_var = learn_var
         self.encoder = problem.mlp(d, 2 * latent_dim, hidden)
         self.decoder = problem.mlp(latent_dim, 2 * d if learn_var else d, hidden[::-1])
@@ -55,13 +58,14 @@ class VAE(nn.Module):
         self.log_var = math.log(decoder_var)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Per-sample ELBO of `x` (shape (n, *data_shape)) with noise `eps` (n, L)."""
-        x = x.flatten(1)
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        """Per-sample ELBO of `x` (shape (n, *data_shape)) with noise `eps` (n, L): (n,);
+        with replicas (R, n, *data_shape) and (R, n, L) give (R, n)."""
+        x = x.flatten(self.batch_dim + 1)
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
         z = mu + (0.5 * logvar).exp() * eps
         out = self.decoder(z)
         if self.learn_var:
-            mean, dec_logvar = out.chunk(2, dim=1)
+            mean, dec_logvar = out.chunk(2, dim=-1)
             dec_logvar = dec_logvar + self.log_var
             log_px = -0.5 * (LOG_2PI + dec_logvar + (x - mean).square() * (-dec_logvar).exp())
         else:
@@ -69,14 +73,15 @@ class VAE(nn.Module):
                 self.log_var
             )
         kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
-        return log_px.sum(1) - kl.sum(1)
+        return log_px.sum(-1) - kl.sum(-1)
 
-    def noise(self, problem: Problem, n: int, rng: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterisation noise for n samples from the method's stream (or `rng`)."""
+    def noise(self, problem: Problem, n: int, rng: Rng | None = None) -> torch.Tensor:
+        """Reparameterisation noise for n samples from the method's stream (or `rng`):
+        (n, L), or (R, n, L) with replicas."""
         return problem.noise(n, dim=self.latent_dim, rng=rng)
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder means of latent codes (the estimator's samples, for plots)."""
         out = self.decoder(z)
-        return out.chunk(2, dim=1)[0] if self.learn_var else out
+        return out.chunk(2, dim=-1)[0] if self.learn_var else out

@@ -75,6 +75,7 @@ class LBT(Method):
     Config = LBTConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "authors-code": AUTHORS_CODE}
     defaults_from = "LBT authors' code (preset authors-code); preset paper: section 5"
+    replicas = True
 
     def __init__(self, problem: Problem, cfg: LBTConfig) -> None:
         super().__init__(problem, cfg)
@@ -87,8 +88,7 @@ class LBT(Method):
         self.unroll_lr = cfg.unroll_lr_mult * problem.lr_d
         # Diagnostics draw from their own stream (seeded once from the method's) and a
         # real batch fixed at construction, so evaluating never shifts training streams.
-        seed = int(torch.randint(2**62, (1,), generator=problem.rng, device=problem.device))
-        self.diag_rng = torch.Generator(problem.device).manual_seed(seed)
+        self.diag_rng = problem.spawn_rng()
         self.diag_real = problem.sample_real(problem.batch_size) if problem.sample_real else None
 
     # -- the three phases of Algorithm 1 ------------------------------------------------
@@ -97,58 +97,64 @@ class LBT(Method):
         """M Adam steps of E on fresh generated samples; returns the last -ELBO."""
         p, m = self.problem, self.cfg.M
         with torch.no_grad():  # one generator pass for all M batches
-            fakes = self.G(p.noise(m * n)).chunk(m)
-        eps = self.E.noise(p, m * n).chunk(m)
+            fakes = p.chunk(self.G(p.noise(m * n)), m)
+        eps = p.chunk(self.E.noise(p, m * n), m)
         for x, e in zip(fakes, eps, strict=True):
-            loss_e = -self.E(x, e).mean()
+            loss_e = -p.mean(self.E(x, e))
             self.opt_e.zero_grad(set_to_none=True)
-            loss_e.backward()
+            loss_e.sum().backward()
             self.opt_e.step()
         return loss_e.detach()
 
     def fresh_fakes(self, n: int, k: int) -> list[torch.Tensor]:
         """k batches of n generated samples, differentiable w.r.t. G, in one pass."""
-        return list(self.G(self.problem.noise(k * n)).chunk(k))
+        return self.problem.chunk(self.G(self.problem.noise(k * n)), k)
 
     def unrolled_real_loss(self, real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Tensor:
         """-ELBO(real; phi_K(theta)), one unrolled step per batch in `fakes` (K of them):
         differentiable w.r.t. G through its samples."""
         p, k = self.problem, len(fakes)
-        eps = self.E.noise(p, k * real.shape[0] + real.shape[0]).chunk(k + 1)
+        n = real.shape[p.batch_dim]
+        eps = p.chunk(self.E.noise(p, k * n + n), k + 1)
         batches = iter(zip(fakes, eps[:k], strict=True))
         state = dataclasses.replace(AdamState.from_optimizer(self.E, self.opt_e), lr=self.unroll_lr)
-        params = unroll(self.E, lambda f: -f(*next(batches)).mean(), state, k)
-        return -torch.func.functional_call(self.E, params, (real, eps[k])).mean()
+        params = unroll(self.E, lambda f: -p.mean(f(*next(batches))), state, k)
+        return -p.mean(torch.func.functional_call(self.E, params, (real, eps[k])))
 
     def generator_loss(self, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss G descends (LBT: the unrolled real-data -ELBO) and what to log."""
-        loss = self.unrolled_real_loss(real, self.fresh_fakes(real.shape[0], self.cfg.K))
+        n = real.shape[self.problem.batch_dim]
+        loss = self.unrolled_real_loss(real, self.fresh_fakes(n, self.cfg.K))
         return loss, {"elbo_real_unrolled": -loss.detach()}
 
     def generator_grads(self, real: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
-        """Gradients of the generator loss w.r.t. G's parameters (E's left untouched)."""
+        """Gradients of the generator loss w.r.t. G's parameters (E's left untouched);
+        with replicas of the sum of per-replica losses, i.e. each replica's own."""
         loss, logs = self.generator_loss(real)
-        return torch.autograd.grad(loss, list(self.G.parameters())), logs
+        return torch.autograd.grad(loss.sum(), list(self.G.parameters())), logs
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss_e = self.fit_estimator(real.shape[0])
+        loss_e = self.fit_estimator(real.shape[self.problem.batch_dim])
         grads, logs = self.generator_grads(real)
         for prm, g in zip(self.G.parameters(), grads, strict=True):
             prm.grad = g
         if self.cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.G.parameters(), self.cfg.clip_norm)
+            self.problem.clip_grad_norm_(self.G.parameters(), self.cfg.clip_norm)
         self.opt_g.step()
         return {"elbo_fake": -loss_e, **logs}
 
     # -- learning curves (paper, workshop version Fig. 4) -----------------------------
 
     @torch.no_grad()
-    def diagnostics(self) -> dict[str, float]:
-        """The estimator's ELBO on a fresh generated batch and on real data."""
+    def diagnostics(self) -> dict[str, float | torch.Tensor]:
+        """The estimator's ELBO on a fresh generated batch and on real data: floats, or
+        (R,) tensors (one value per replica) with replicas."""
         p, n = self.problem, self.problem.batch_size
         fake = self.G(p.noise(n, rng=self.diag_rng))
-        out = {"elbo_generated": float(self.E(fake, self.E.noise(p, n, self.diag_rng)).mean())}
+        out = {"elbo_generated": p.mean(self.E(fake, self.E.noise(p, n, self.diag_rng)))}
         if self.diag_real is not None:
-            eps = self.E.noise(p, len(self.diag_real), self.diag_rng)
-            out["elbo_real"] = float(self.E(self.diag_real, eps).mean())
+            eps = self.E.noise(p, self.diag_real.shape[p.batch_dim], self.diag_rng)
+            out["elbo_real"] = p.mean(self.E(self.diag_real, eps))
+        if p.replicas is None:
+            return {k: float(v) for k, v in out.items()}
         return out

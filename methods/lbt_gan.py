@@ -57,12 +57,13 @@ class LBTGAN(LBT):
         self.lambda_gan = default if cfg.lambda_gan is None else cfg.lambda_gan
 
     def generator_loss(self, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        fakes = self.fresh_fakes(real.shape[0], self.cfg.K)
+        n = real.shape[self.problem.batch_dim]
+        fakes = self.fresh_fakes(n, self.cfg.K)
         for i in range(self.cfg.d_steps):
-            fake = fakes[0].detach() if i == 0 else self.sample(real.shape[0])
+            fake = fakes[0].detach() if i == 0 else self.sample(n)
             loss_d = d_loss(self.D(real), self.D(fake))
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            loss_d.sum().backward()
             self.opt_d.step()
         loss_gan = g_loss_nonsaturating(self.D(fakes[0]))
         loss_elbo = self.unrolled_real_loss(real, fakes)

@@ -23,6 +23,7 @@ import torch
 from mcbench.errors import McbenchError
 from mcbench.method import positive
 from mcbench.methods.lbt import AUTHORS_CODE, LBT, PAPER, LBTConfig
+from mcbench.replicas import per_replica_sum
 
 Vec = list[torch.Tensor]
 
@@ -49,28 +50,47 @@ def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     return sum((x * y).sum() for x, y in zip(a, b, strict=True))
 
 
-def conjugate_gradient(apply: Callable[[Vec], Vec], b: Vec, iterations: int, **_) -> Vec:
+def replica_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`_dot` of replica vectors (leading dimension R), one per replica: (R,). CG's step
+    sizes must come from each replica's own system, as in its sequential run."""
+    return sum(per_replica_sum(x * y) for x, y in zip(a, b, strict=True))
+
+
+def _scale(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """c * x for a scalar c, or a per-replica (R,) c broadcast over x's other dims."""
+    return c * x if c.dim() == 0 else c.view(-1, *[1] * (x.dim() - 1)) * x
+
+
+def conjugate_gradient(
+    apply: Callable[[Vec], Vec],
+    b: Vec,
+    iterations: int,
+    dot: Callable[[Vec, Vec], torch.Tensor] = _dot,
+    **_,
+) -> Vec:
     """Solve A u = b for symmetric A given as a product, without host syncs: a direction
-    of non-positive curvature (A indefinite) freezes the iterate instead of branching."""
+    of non-positive curvature (A indefinite) freezes the iterate instead of branching.
+    With `dot=replica_dot` it solves R independent block systems, each with its own
+    step sizes."""
     u = [torch.zeros_like(x) for x in b]
     r = [x.clone() for x in b]
     d = [x.clone() for x in b]
-    rr = _dot(r, r)
+    rr = dot(r, r)
     for _ in range(iterations):
         ad = apply(d)
-        dad = _dot(d, ad)
+        dad = dot(d, ad)
         ok = dad > 0
         alpha = torch.where(ok, rr / torch.where(ok, dad, 1.0), 0.0)
-        u = [x + alpha * y for x, y in zip(u, d, strict=True)]
-        r = [x - alpha * y for x, y in zip(r, ad, strict=True)]
-        rr_new = _dot(r, r)
+        u = [x + _scale(alpha, y) for x, y in zip(u, d, strict=True)]
+        r = [x - _scale(alpha, y) for x, y in zip(r, ad, strict=True)]
+        rr_new = dot(r, r)
         beta = torch.where(ok & (rr > 0), rr_new / torch.where(rr > 0, rr, 1.0), 0.0)
-        d = [x + beta * y for x, y in zip(r, d, strict=True)]
+        d = [x + _scale(beta, y) for x, y in zip(r, d, strict=True)]
         rr = rr_new
     return u
 
 
-def neumann(apply: Callable[[Vec], Vec], b: Vec, iterations: int, step: float = 1e-3) -> Vec:
+def neumann(apply: Callable[[Vec], Vec], b: Vec, iterations: int, step: float = 1e-3, **_) -> Vec:
     """A^-1 b ~ step * sum_j (I - step A)^j b: what `iterations` gradient steps of size
     `step` on a quadratic would give, i.e. an SGD unroll of the same length."""
     v = [x.clone() for x in b]
@@ -94,16 +114,24 @@ def implicit_hypergradient(
     iterations: int = 10,
     damping: float = 1.0,
     neumann_step: float = 1e-3,
+    replicas: bool = False,
 ) -> Vec:
-    """d outer(phi*(w)) / d w for phi* = argmin inner(w, phi), evaluated at `params`."""
-    g_in = torch.autograd.grad(inner_loss, params, create_graph=True)
-    b = list(torch.autograd.grad(outer_loss, params))
+    """d outer(phi*(w)) / d w for phi* = argmin inner(w, phi), evaluated at `params`.
+
+    With `replicas`, the losses are (R,) and every tensor has a leading replica
+    dimension: replicas share no parameters, so gradients and Hessian-vector products
+    of the summed losses are each replica's own, and only CG's dot products need to
+    be taken per replica."""
+    g_in = torch.autograd.grad(inner_loss.sum(), params, create_graph=True)
+    b = list(torch.autograd.grad(outer_loss.sum(), params))
 
     def apply(v: Vec) -> Vec:  # (H + damping I) v by a Hessian-vector product
         hv = torch.autograd.grad(g_in, params, grad_outputs=v, retain_graph=True)
         return [h + damping * x for h, x in zip(hv, v, strict=True)]
 
-    u = SOLVERS[solver](apply, b, iterations, step=neumann_step)
+    dot = replica_dot if replicas else _dot
+    u = SOLVERS[solver](apply, b, iterations, step=neumann_step, dot=dot)
+    # The sum over replicas of their products: each replica's gradient is its own.
     return list(torch.autograd.grad(-_dot(g_in, [x.detach() for x in u]), wrt))
 
 
@@ -114,10 +142,10 @@ class LBTImplicit(LBT):
     defaults_from = "LBT authors' code for the shared parts; solver settings: this harness"
 
     def generator_grads(self, real: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
-        p, n, cfg = self.problem, real.shape[0], self.cfg
-        eps_fake, eps_real = self.E.noise(p, 2 * n).chunk(2)
-        inner = -self.E(self.G(p.noise(n)), eps_fake).mean()
-        outer = -self.E(real, eps_real).mean()
+        p, n, cfg = self.problem, real.shape[self.problem.batch_dim], self.cfg
+        eps_fake, eps_real = p.chunk(self.E.noise(p, 2 * n), 2)
+        inner = -p.mean(self.E(self.G(p.noise(n)), eps_fake))
+        outer = -p.mean(self.E(real, eps_real))
         grads = implicit_hypergradient(
             inner,
             outer,
@@ -127,5 +155,6 @@ class LBTImplicit(LBT):
             cfg.iterations,
             cfg.damping,
             cfg.neumann_step,
+            replicas=p.replicas is not None,
         )
         return grads, {"elbo_real": -outer.detach()}
