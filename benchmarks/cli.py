@@ -88,7 +88,7 @@ def _seed(text: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from mcbench.report import load, markdown
-    from mcbench.suite import build_suite, load_suite, run_specs
+    from mcbench.suite import build_suite, default_jobs, load_suite, run_specs
 
     budget = {"steps": args.steps, "eval_every": args.eval_every, "eval_samples": args.eval_samples}
     if args.suite:
@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     outcomes = run_specs(
         suite.specs,
         out,
-        jobs=args.jobs,
+        jobs=args.jobs or default_jobs(args.device, args.scheduler),
         device=args.device,
         progress=not args.no_progress,
         scheduler=args.scheduler,
@@ -127,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every or suite.checkpoint_every,
         retry_failed=args.retry_failed,
         verbose=args.verbose,
+        replicas=args.replicas or suite.replicas,
+        graphs=args.graphs,
     )
     count = {
         s: sum(o["status"] == s and not o.get("skipped") for o in outcomes)
@@ -227,7 +229,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         help="checkpoint every N steps (default: the suite's, else at each evaluation)",
     )
-    s.add_argument("--jobs", "-j", type=_positive, default=1, help="parallel runs (joblib)")
+    s.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive,
+        help="parallel worker processes (default: one per CPU core on a CPU, 1 on a GPU)",
+    )
+    s.add_argument(
+        "--replicas",
+        type=_positive,
+        help="most seeds of one configuration trained together as vectorised replicas "
+        "(default: the suite's, else all its seeds; 1: one seed at a time)",
+    )
     s.add_argument(
         "--scheduler",
         help="Dask scheduler address (tcp://host:8786): runs go to its workers; "
@@ -240,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch threads per run (default 1: runs in parallel, stable timings)",
     )
     s.add_argument("--device", help="torch device (default: cuda if present, else cpu)")
+    s.add_argument(
+        "--graphs",
+        action="store_true",
+        help="on a CUDA device, replay each update as a captured CUDA graph (after a few "
+        "eager updates; eager where capture fails; no effect on a CPU)",
+    )
     s.add_argument("--out", "-o", help="results folder (default: results/<suite>)")
     s.add_argument(
         "--retry-failed", action="store_true", help="train failed runs again (default: kept)"

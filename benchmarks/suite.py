@@ -4,13 +4,15 @@ joblib processes, or on a Dask cluster).
 A suite file holds ``methods`` (a list of selectors, or "all"), ``datasets``, ``seeds``,
 the budget (``steps``, ``eval_every``, ``eval_samples``), optional ``exclude`` (method
 names left out of "all"), ``checkpoint_every`` (steps; default: at each evaluation),
-``[params.<method>]`` hyperparameter overrides and ``[budget.<dataset>]`` budget
-overrides.
+``[params.<method>]`` hyperparameter overrides, ``[budget.<dataset>]`` budget
+overrides and ``replicas`` (most seeds trained together as vectorised replicas; default:
+all of a configuration's seeds; 1 trains one seed at a time).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import tempfile
@@ -28,7 +30,7 @@ from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
 from mcbench.protocol import get_protocol
 from mcbench.registry import distinct_methods, methods, parse_selector, resolve
-from mcbench.runner import RunSpec, default_device, finished, run
+from mcbench.runner import RunSpec, default_device, finished, groupable, run_group
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,6 +47,7 @@ SUITE_KEYS = {
     "params",
     "budget",
     "checkpoint_every",
+    "replicas",
     *BUDGET_KEYS,
 }
 
@@ -55,6 +58,7 @@ class Suite:
     description: str
     specs: list[RunSpec]
     checkpoint_every: int | None = None  # steps; None: at each evaluation
+    replicas: int | None = None  # most seeds trained together; None: all of a run's seeds
 
 
 def suite_names() -> list[str]:
@@ -188,6 +192,9 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
     checkpoint_every = raw.get("checkpoint_every")
     if checkpoint_every is not None:
         _positive_int(where, "checkpoint_every", checkpoint_every)
+    replicas = raw.get("replicas")
+    if replicas is not None:
+        _positive_int(where, "replicas", replicas)
     specs = []
     for dataset in datasets:
         check_dataset(dataset)
@@ -216,7 +223,7 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
                         extra,
                     )
                 )
-    return Suite(name, raw.get("description", ""), specs, checkpoint_every)
+    return Suite(name, raw.get("description", ""), specs, checkpoint_every, replicas)
 
 
 def _device_slot_dir() -> Path:
@@ -279,17 +286,17 @@ _ONE_RUN_PER_PROCESS = threading.Lock()
 
 
 def _worker(
-    spec: RunSpec,
+    specs: list[RunSpec],
     results_dir: str,
     device: str | None,
     threads: int,
     opts: dict[str, Any],
     parent: int | None = None,
-) -> dict[str, Any]:
-    """One run in a worker (this process, a joblib process or a Dask worker). Anything
-    that escapes the run (a full disk, a broken plugin) is reported, not raised, so that
-    the other runs go on. A joblib worker whose `parent` died (the suite was killed)
-    exits instead of starting another run."""
+) -> list[dict[str, Any]]:
+    """One unit of work (a run, or runs trained together as replicas) in a worker (this
+    process, a joblib process or a Dask worker). Anything that escapes the runs (a full
+    disk, a broken plugin) is reported, not raised, so that the other runs go on. A
+    joblib worker whose `parent` died (the suite was killed) exits instead of starting."""
     if parent is not None and os.getppid() != parent:
         os._exit(1)  # an orphaned joblib worker: nobody waits for this run any more
     with _ONE_RUN_PER_PROCESS:
@@ -297,20 +304,53 @@ def _worker(
         torch.set_num_threads(threads)
         try:
             with device_slot(device) as dev:
-                cfg = run(spec, Path(results_dir), dev, **opts)
-            return {k: cfg.get(k) for k in OUTCOME_KEYS}
+                cfgs = run_group(specs, Path(results_dir), dev, **opts)
+            return [{k: cfg.get(k) for k in OUTCOME_KEYS} for cfg in cfgs]
         except Exception as exc:
-            return {
-                "run": spec.run_name(),
-                "status": "error",
-                "reason": f"{type(exc).__name__}: {exc}",
-                "skipped": False,
-            }
+            return [
+                {
+                    "run": spec.run_name(),
+                    "status": "error",
+                    "reason": f"{type(exc).__name__}: {exc}",
+                    "skipped": False,
+                }
+                for spec in specs
+            ]
         finally:
             torch.set_num_threads(before)
 
 
-OUTCOME_KEYS = ("run", "status", "reason", "failed_step", "skipped", "wall_time_s")
+OUTCOME_KEYS = ("run", "status", "reason", "failed_step", "skipped", "wall_time_s", "replicas")
+
+
+def group_runs(specs: list[RunSpec], replicas: int | None = None) -> list[list[RunSpec]]:
+    """Units of work: runs that differ only in seed, of a method written for replicas,
+    train together (at most `replicas` seeds a unit; None: no limit, 1: one run a unit).
+    Larger units go first, so that the longest work starts early."""
+    units: dict[str, list[list[RunSpec]]] = {}
+    for spec in specs:
+        key = repr(dataclasses.replace(spec, seed=0))
+        chunks = units.setdefault(key, [[]])
+        cap = replicas or len(specs)
+        if len(chunks[-1]) >= cap or (chunks[-1] and not groupable([chunks[-1][0], spec])):
+            chunks.append([])
+        chunks[-1].append(spec)
+    out = [u for chunks in units.values() for u in chunks]
+    return sorted(out, key=lambda u: -u[0].steps * len(u))
+
+
+def default_jobs(device: str | None, scheduler: str | None = None) -> int:
+    """Parallel processes when --jobs is not given: one a CPU core on a CPU (one thread
+    each beats threads in one process for these small nets), one on a GPU."""
+    if scheduler:
+        return 1
+    on_gpu = device.startswith("cuda") if device else torch.cuda.is_available()
+    if on_gpu:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return max(1, os.cpu_count() or 1)
 
 
 def plan(
@@ -356,9 +396,14 @@ def run_specs(
     checkpoint_every: int | None = None,
     retry_failed: bool = False,
     verbose: bool = False,
+    replicas: int | None = 1,
+    graphs: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every spec not finished yet: in this process, on `jobs` joblib processes, or
-    on the Dask cluster at `scheduler`; rebuild results.csv as runs land.
+    on the Dask cluster at `scheduler`; rebuild results.csv as runs land. Seeds of one
+    configuration train together as replicas, at most `replicas` a unit (see
+    `group_runs`; 1: one run at a time). `graphs`: capture each update as a CUDA graph
+    on CUDA devices (mcbench.graphs).
 
     Returns one outcome per run (finished earlier ones marked ``skipped``). A run that
     fails is recorded and the others go on; only this process writes results.csv.
@@ -376,12 +421,18 @@ def run_specs(
             client.close()
         raise McbenchError(f"cannot create the results folder {results_dir}: {exc}") from None
     todo, outcomes = plan(specs, results_dir, retry_failed)
-    opts = {"checkpoint_every": checkpoint_every, "retry_failed": retry_failed, "verbose": verbose}
+    units = group_runs(todo, replicas)
+    opts = {
+        "checkpoint_every": checkpoint_every,
+        "retry_failed": retry_failed,
+        "verbose": verbose,
+        "graphs": graphs,
+    }
     args = (str(results_dir), device, threads, opts)
     if client is not None:
         width = max(1, sum(client.nthreads().values()))
     else:
-        width = max(1, min(jobs, len(todo)))
+        width = max(1, min(jobs, len(units)))
     bar = tqdm(total=len(todo), disable=not progress, unit="run", desc="mcbench")
     bar.set_postfix(ok=0, failed=0, running=width, earlier=len(outcomes))
     landed: list[dict[str, Any]] = []
@@ -404,25 +455,31 @@ def run_specs(
             from distributed import as_completed
 
             futures = {
-                client.submit(_worker, s, *args, key=f"mcbench-{s.run_name()}"): s for s in todo
+                client.submit(_worker, u, *args, key=f"mcbench-{u[0].run_name()}-{len(u)}"): u
+                for u in units
             }
             for fut in as_completed(futures):
                 try:
-                    out = fut.result()
+                    outs = fut.result()
                 except Exception as exc:  # its worker died again and again (out of memory)
-                    name = futures[fut].run_name()
-                    out = {"run": name, "status": "error", "reason": repr(exc)}
-                land(out)
+                    outs = [
+                        {"run": s.run_name(), "status": "error", "reason": repr(exc)}
+                        for s in futures[fut]
+                    ]
+                for out in outs:
+                    land(out)
         elif width <= 1:
-            for spec in todo:
-                land(_worker(spec, *args))
+            for unit in units:
+                for out in _worker(unit, *args):
+                    land(out)
         else:
             from joblib import Parallel, delayed
 
             pool = Parallel(n_jobs=width, return_as="generator_unordered")
             me = os.getpid()
-            for out in pool(delayed(_worker)(s, *args, parent=me) for s in todo):
-                land(out)
+            for outs in pool(delayed(_worker)(u, *args, parent=me) for u in units):
+                for out in outs:
+                    land(out)
     finally:
         bar.close()
         if client is not None:

@@ -214,7 +214,7 @@ def broken_methods(monkeypatch):
 def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, capsys, broken_methods):
     argv = ["run", "-m", "nan-at-3", "-m", "raises", "-m", "nan-samples", "-m", "gan",
             "-d", "ring", "--steps", "10", "--eval-every", "5", "--eval-samples", "500",
-            "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+            "--no-progress", "--jobs", "1", "--out", str(tmp_path)]  # fmt: skip
     assert main([*argv, "--verbose"]) == 0
     report = capsys.readouterr()
     assert "1 ok, 3 failed" in report.err
