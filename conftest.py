@@ -13,6 +13,15 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def float64():
+    """float64 by default for the test: finite differences and exact comparisons."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -18,14 +18,6 @@ from mcbench.registry import resolve
 from mcbench.unroll import AdamState, unroll
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def tiny_problem(data_shape=(2,), latent=3, hidden=(6,), batch=16, lr_d=0.05, seed=0):
     """A problem small enough for finite differences over every generator parameter."""
     nets = MLPFamily(data_shape, hidden, "tanh")

@@ -24,14 +24,6 @@ from mcbench.vae import VAE
 METHODS = [LBT, LBTGAN, LBTImplicit]
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def tiny_problem(seed: int = 0, shape=(2,), family: str = "mixture2d") -> Problem:
     """Nets of a few units, a 3-d generator latent and a Gaussian 'real' stream."""
     torch.manual_seed(seed)
@@ -69,7 +61,7 @@ def build(cls, seed: int = 0, shape=(2,), family: str = "mixture2d", **overrides
 # -- the VAE ----------------------------------------------------------------------------
 
 
-def test_vae_elbo_matches_closed_form(f64):
+def test_vae_elbo_matches_closed_form(float64):
     """Zero weights make the encoder output (m, l) and the decoder a constant c, so the
     ELBO is log N(x; c, var I) - KL(N(m, e^l) || N(0, 1)) exactly."""
     vae = VAE(tiny_problem(), latent_dim=2, decoder_var=0.3)
@@ -88,7 +80,7 @@ def test_vae_elbo_matches_closed_form(f64):
     torch.testing.assert_close(elbo, log_px - kl)
 
 
-def test_vae_flattens_images_and_learns_variance(f64):
+def test_vae_flattens_images_and_learns_variance(float64):
     vae = VAE(tiny_problem(shape=(1, 3, 3)), latent_dim=2, decoder_var=0.1, learn_var=True)
     out = vae(torch.randn(4, 1, 3, 3), torch.randn(4, 2))
     assert out.shape == (4,) and torch.isfinite(out).all()
@@ -99,7 +91,7 @@ def test_vae_flattens_images_and_learns_variance(f64):
 
 
 @pytest.mark.parametrize("K", [1, 2])
-def test_unrolled_hypergradient_matches_finite_differences(K, f64, monkeypatch):
+def test_unrolled_hypergradient_matches_finite_differences(K, float64, monkeypatch):
     """d/d theta of -ELBO(real; phi_K(theta)) through K Adam steps on G's samples.
 
     The harness detaches Adam's second moment (authors' choice); the test differentiates
@@ -157,7 +149,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("solver", ["cg", "neumann"])
-def test_implicit_hypergradient_matches_closed_form(solver, f64):
+def test_implicit_hypergradient_matches_closed_form(solver, float64):
     """At the estimator's optimum, the implicit route gives d outer(phi*(x)) / dx exactly."""
     fake, real = gaussian_problem()
 
@@ -184,7 +176,7 @@ def test_implicit_hypergradient_matches_closed_form(solver, f64):
     torch.testing.assert_close(got, exact, rtol=1e-6, atol=1e-9)
 
 
-def test_implicit_agrees_with_long_adam_unroll(f64):
+def test_implicit_agrees_with_long_adam_unroll(float64):
     """K = 200 Adam steps from a cold estimator (the harness's own unroll) point the same
     way as the implicit hypergradient: cosine > 0.99 (measured 0.99999 at K = 200)."""
     fake, real = gaussian_problem()
@@ -210,7 +202,7 @@ def test_implicit_agrees_with_long_adam_unroll(f64):
 
 
 @pytest.mark.parametrize("cls", METHODS)
-def test_steps_give_finite_losses_samples_and_curves(cls, f64):
+def test_steps_give_finite_losses_samples_and_curves(cls, float64):
     m = build(cls)
     for _ in range(2):
         losses = m.step(m.problem.sample_real(8))
@@ -223,7 +215,7 @@ def test_steps_give_finite_losses_samples_and_curves(cls, f64):
 
 
 @pytest.mark.parametrize("cls", METHODS)
-def test_same_seed_same_numbers(cls, f64):
+def test_same_seed_same_numbers(cls, float64):
     runs = []
     for _ in range(2):
         m = build(cls, seed=3)
@@ -234,7 +226,7 @@ def test_same_seed_same_numbers(cls, f64):
     assert all(torch.equal(a, b) for a, b in zip(g_a, g_b, strict=True))
 
 
-def test_diagnostics_leave_the_training_streams_alone(f64):
+def test_diagnostics_leave_the_training_streams_alone(float64):
     """Evaluating the ELBO curves must not change what training does next."""
     params = []
     for with_diag in (False, True):
@@ -247,7 +239,7 @@ def test_diagnostics_leave_the_training_streams_alone(f64):
     assert torch.equal(params[0], params[1])
 
 
-def test_lbt_gan_weight_depends_on_data_and_images_work(f64):
+def test_lbt_gan_weight_depends_on_data_and_images_work(float64):
     assert build(LBTGAN).lambda_gan == 0.1
     m = build(LBTGAN, shape=(1, 3, 3), family="images")
     assert m.lambda_gan == 1.0

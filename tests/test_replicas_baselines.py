@@ -29,14 +29,6 @@ CPU = torch.device("cpu")
 SEEDS = (0, 1, 2)
 
 
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 # -- tiny problems, built sequentially and as one replica group -----------------------
 
 

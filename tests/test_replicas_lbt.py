@@ -22,11 +22,8 @@ TIGHT = {"rtol": 1e-10, "atol": 1e-12}
 
 
 @pytest.fixture(autouse=True)
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+def _float64(float64):
+    """Every test here runs in float64 (the shared fixture in conftest.py)."""
 
 
 def problem(seeds: tuple[int, ...] | int, shape=(2,), family: str = "mixture2d") -> Problem:
