@@ -18,8 +18,23 @@ Sections (each can be chosen with --sections):
               torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions), so
               achieved FLOP/s as a fraction of the peak; and what one evaluation costs
               (generating --eval-samples samples and the method's diagnostics).
+  replicas    one update of an R-replica group (mcbench.runner.build_group: R seeds
+              trained together) against R updates of the single-seed run, for each
+              --replica-methods method whose class has `replicas = True` and each R in
+              --replicas-list; interleaved, medians: ms per seed-update of each, the
+              speed-up, and the group update's FLOP/s as a fraction of the peak (which
+              this section therefore also measures). Target (issue 8): with replicas,
+              the GAN and LBT steps reach at least 0.5 of the matmul peak on CPU.
+  graphs      one update replayed from a captured CUDA graph
+              (mcbench.graphs.capture_step) against the eager update, for
+              --graph-methods at each R in --graph-replicas; CUDA only (on a CPU the
+              section says it was not measured). Target: an LBT update (K=5, M=15)
+              in at most 10 ms.
   projection  the --suite's wall time (every run's updates and evaluations) from the
-              measured costs, one process at --threads threads: hours per method.
+              measured costs, one process at --threads threads: hours per method; and,
+              where the replicas section measured a method, the same with its seeds
+              trained together (per seed-update cost at the suite's R, or the nearest
+              measured R).
   processes   GAN throughput of --processes processes of 1 thread each against one
               process of --processes threads (CPU only), in overlapping windows.
 
@@ -58,6 +73,7 @@ from mcbench.registry import methods, resolve
 from mcbench.runner import (
     RunSpec,
     build,
+    build_group,
     cpu_model,
     default_device,
     derive_seed,
@@ -66,8 +82,21 @@ from mcbench.runner import (
 )
 
 CSV_COLUMNS = ("section", "item", "metric", "value", "unit")
-SECTIONS = ("overhead", "peak", "metrics", "methods", "projection", "processes")
+SECTIONS = (
+    "overhead",
+    "peak",
+    "metrics",
+    "methods",
+    "replicas",
+    "graphs",
+    "projection",
+    "processes",
+)
 OVERHEAD_TARGET = 1.10  # issue 8: the harness adds at most 10% per GAN step on CPU
+REPLICA_TARGET = 0.5  # issue 8: with replicas, GAN and LBT steps reach 0.5 of the CPU peak
+LBT_GRAPH_TARGET_MS = 10.0  # issue 8: an LBT update (K=5, M=15) in 10 ms with CUDA graphs
+LBT_GRAPH_METHOD = "lbt[preset=paper]"
+NO_CUDA = "CUDA graphs need a CUDA device"
 
 
 # -- device and timing -------------------------------------------------------------------
@@ -370,6 +399,253 @@ def measure_methods(
     return out
 
 
+# -- 4b. replicas: R seeds in one update -------------------------------------------------------
+
+
+def replica_capable(selector: str) -> bool:
+    """Whether the method's class declares its `step` written for replica layouts."""
+    return bool(getattr(resolve(selector)[0].cls, "replicas", False))
+
+
+NOT_REPLICA = "its class has no `replicas = True`: its seeds train one after another"
+
+
+def timed_updates(seed_updates: int, min_updates: int, replicas: int) -> int:
+    """Timed group updates at R replicas: about `seed_updates` seed-updates a side, at
+    least `min_updates` (so a large R costs few updates, a small R is timed often)."""
+    return max(min_updates, math.ceil(seed_updates / replicas))
+
+
+def _updater(method: Any) -> Callable[[], Any]:
+    """One update of `method` on a fresh real batch from its own data stream(s)."""
+    n = method.problem.batch_size
+    return lambda: method.step(method.problem.sample_real(n))
+
+
+def time_alternating(
+    a: Callable[[], Any], b: Callable[[], Any], reps: int, device: torch.device
+) -> tuple[list[float], list[float]]:
+    """Seconds of each call of `a` and of `b`, `reps` of each, in the order A B, B A, ...
+    (so a drift of the machine's speed falls on both)."""
+    ta: list[float] = []
+    tb: list[float] = []
+    for r in range(reps):
+        pairs = [(a, ta), (b, tb)] if r % 2 == 0 else [(b, tb), (a, ta)]
+        for fn, out in pairs:
+            t0 = now(device)
+            fn()
+            out.append(now(device) - t0)
+    return ta, tb
+
+
+def replica_stats(
+    replicas: int,
+    group_s: list[float],
+    sequential_s: list[float],
+    group_flops: int,
+    single_flops: int,
+) -> dict[str, Any]:
+    """Numbers of one (method, R): `group_s` are seconds of one R-replica update,
+    `sequential_s` seconds of R single-seed updates, paired by repetition. The speed-up
+    is the median of the per-repetition ratios sequential / group."""
+    ratios = [s / g for g, s in zip(group_s, sequential_s, strict=True)]
+    g = median(group_s)
+    return {
+        "R": replicas,
+        "updates": len(group_s),
+        "group_s": group_s,
+        "sequential_s": sequential_s,
+        "ratios": ratios,
+        "ms_per_group_update": 1000 * g,
+        "ms_per_seed_update_replicas": 1000 * g / replicas,
+        "ms_per_seed_update_sequential": 1000 * median(sequential_s) / replicas,
+        "speedup": median(ratios),
+        "flops_per_group_update": group_flops,
+        "flops_per_seed_update": single_flops,
+        # every replica does its own run's matmuls, batched: bmm/baddbmm are counted
+        "flops_match": group_flops == replicas * single_flops,
+        "flops_per_s": group_flops / g,
+    }
+
+
+def measure_replicas(
+    selectors: list[str],
+    dataset: str,
+    device: torch.device,
+    replicas: list[int],
+    warmup: int,
+    seed_updates: int,
+    min_updates: int,
+) -> dict[str, Any]:
+    """For each replica-capable method and each R: one update of the R-replica group
+    (seeds 0..R-1) against R consecutive updates of the single-seed run of seed 0 (what
+    training the seeds one after another pays per update), alternating, after `warmup`
+    updates of each; FLOPs of one group update and of one single update."""
+    out: dict[str, Any] = {"device": str(device), "dataset": dataset, "warmup": warmup}
+    out["target"] = REPLICA_TARGET
+    out["methods"], out["skipped"] = {}, {}
+    for sel in selectors:
+        if not replica_capable(sel):
+            out["skipped"][sel] = NOT_REPLICA
+            _log(f"replicas: {sel} skipped ({NOT_REPLICA})")
+            continue
+        single, _, _ = build(RunSpec(sel, dataset, 0, 1, 1, 1), device)
+        one = _updater(single)
+        for _ in range(warmup):
+            one()
+        single_flops = count_flops(one)
+        rows = []
+        for r in replicas:
+            specs = [RunSpec(sel, dataset, seed, 1, 1, 1) for seed in range(r)]
+            group, _, _ = build_group(specs, device)
+            step = _updater(group)
+
+            def sequential(k: int = r, one: Callable[[], Any] = one) -> None:
+                for _ in range(k):
+                    one()
+
+            for _ in range(warmup):
+                step()
+            n = timed_updates(seed_updates, min_updates, r)
+            _log(f"replicas: {sel} R={r}, {n} timed update(s) a side")
+            group_s, seq_s = time_alternating(step, sequential, n, device)
+            rows.append(replica_stats(r, group_s, seq_s, count_flops(step), single_flops))
+            del group, step
+        out["methods"][sel] = rows
+    return out
+
+
+def add_replica_fractions(section: dict[str, Any], peak: float) -> None:
+    """Fraction of `peak` FLOP/s of each group update, and each method's best across R
+    against the target."""
+    section["peak"] = peak
+    section["best"] = {}
+    for sel, rows in section["methods"].items():
+        for row in rows:
+            row["peak_fraction"] = row["flops_per_s"] / peak
+        top = max(rows, key=lambda row: row["peak_fraction"])
+        section["best"][sel] = {
+            "R": top["R"],
+            "peak_fraction": top["peak_fraction"],
+            "met": top["peak_fraction"] >= section["target"],
+        }
+
+
+# -- 4c. CUDA graphs against eager ---------------------------------------------------------------
+
+
+def load_capture_step() -> tuple[Callable[..., Any] | None, str]:
+    """`mcbench.graphs.capture_step`, or None and why not (the module may not exist)."""
+    try:
+        from mcbench.graphs import capture_step
+    except ImportError as exc:
+        return None, f"mcbench.graphs.capture_step is not available ({exc})"
+    return capture_step, ""
+
+
+def build_for(
+    selector: str, dataset: str, replicas: int, device: torch.device, capturable: bool = False
+) -> Any:
+    """The method of one seed (R = 1: the plain run) or of an R-replica group;
+    `capturable`: with the optimisers CUDA-graph capture needs (Problem.capturable)."""
+    if replicas == 1:
+        return build(RunSpec(selector, dataset, 0, 1, 1, 1), device, capturable=capturable)[0]
+    specs = [RunSpec(selector, dataset, seed, 1, 1, 1) for seed in range(replicas)]
+    return build_group(specs, device, capturable=capturable)[0]
+
+
+def time_blocks(
+    fns: dict[str, Callable[[], Any]], steps: int, reps: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each function: `reps` blocks of `steps` calls, the order of
+    the functions reversed every other block."""
+    names = list(fns)
+    out: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(reps):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = now(device)
+            for _ in range(steps):
+                fns[name]()
+            out[name].append((now(device) - t0) / steps)
+    return out
+
+
+def measure_graphs(
+    selectors: list[str],
+    dataset: str,
+    device: torch.device,
+    replicas: list[int],
+    warmup: int,
+    steps: int,
+    reps: int,
+    capture: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Per update: the eager step (the method as built without graphs) against the
+    replay of its captured graph (built with capturable optimisers, `warmup` eager
+    updates, captured, `warmup` replays), blocks alternating. Nothing is measured on a
+    CPU, nor where `mcbench.graphs` is missing; an entry whose capture is impossible
+    says so. `capture` stands in for capture_step (tests)."""
+    out: dict[str, Any] = {"device": str(device), "dataset": dataset, "measured": False}
+    out["target_ms"] = LBT_GRAPH_TARGET_MS
+    if capture is None:
+        if device.type != "cuda":
+            out["reason"] = NO_CUDA
+            return out
+        capture, why = load_capture_step()
+        if capture is None:
+            out["reason"] = why
+            return out
+    out.update(measured=True, warmup=warmup, steps=steps, reps=reps, entries=[], skipped=[])
+    for sel in selectors:
+        for r in replicas:
+            if r > 1 and not replica_capable(sel):
+                out["skipped"].append({"method": sel, "R": r, "reason": NOT_REPLICA})
+                continue
+            eager_m = build_for(sel, dataset, r, device)
+            graph_m = build_for(sel, dataset, r, device, capturable=device.type == "cuda")
+            eager, before = _updater(eager_m), _updater(graph_m)
+            for _ in range(max(1, warmup)):  # capture needs optimiser states to exist
+                eager()
+                before()
+            n = graph_m.problem.batch_size
+            try:
+                replay = capture(graph_m, graph_m.problem.sample_real(n))
+            except Exception as exc:  # report it; the other entries go on
+                replay, why = None, f"capture failed: {type(exc).__name__}: {exc}"
+            else:
+                why = "capture_step returned None (capture impossible)"
+            if replay is None:
+                out["skipped"].append({"method": sel, "R": r, "reason": why})
+                continue
+
+            def graph(g: Callable[..., Any] = replay, m: Any = graph_m, n: int = n) -> None:
+                g(m.problem.sample_real(n))
+
+            for _ in range(max(1, warmup)):  # the first replay performs the captured update
+                graph()
+            t = time_blocks({"eager": eager, "graph": graph}, steps, reps, device)
+            e, g = median(t["eager"]), median(t["graph"])
+            ratios = [a / b for a, b in zip(t["eager"], t["graph"], strict=True)]
+            out["entries"].append(
+                {
+                    "method": sel,
+                    "R": r,
+                    "eager_s": t["eager"],
+                    "graph_s": t["graph"],
+                    "ms_eager": 1000 * e,
+                    "ms_graph": 1000 * g,
+                    "ms_graph_per_seed": 1000 * g / r,
+                    "ratios": ratios,
+                    "speedup": median(ratios),
+                }
+            )
+    lbt = [x for x in out["entries"] if x["method"] == LBT_GRAPH_METHOD]
+    out["lbt_target_met_at_R"] = [
+        x["R"] for x in lbt if x["ms_graph_per_seed"] <= LBT_GRAPH_TARGET_MS
+    ]
+    return out
+
+
 # -- 5. projection of a suite ------------------------------------------------------------------
 
 
@@ -386,10 +662,14 @@ def project_suite(
     diagnostics_s: dict[str, float],
     metric_s: dict[str, float],
     metric_samples: int,
+    replica_step_s: dict[str, dict[int, float]] | None = None,
 ) -> dict[str, Any]:
     """Serial wall time of every run of `suite`: updates x measured step cost, plus each
     evaluation (generation and metrics scaled linearly to the suite's sample count, and
-    the method's diagnostics). Step costs come from one dataset's measurement."""
+    the method's diagnostics). Step costs come from one dataset's measurement.
+
+    `replica_step_s` (method -> R -> seconds per seed-update with R replicas) adds a
+    second projection under "replicas", see `project_replicas`."""
     from mcbench.suite import load_suite
 
     s = load_suite(suite)
@@ -430,12 +710,65 @@ def project_suite(
     for row in per_method.values():
         row["total_s"] = row["train_s"] + row["eval_s"]
         row["share"] = row["total_s"] / total if total else math.nan
-    return {
+    out = {
         "suite": suite,
         "runs": runs,
         "per_method": per_method,
         "total_s": total,
         "total_h": total / 3600,
+    }
+    if replica_step_s is not None:
+        out["replicas"] = project_replicas(s.specs, runs, replica_step_s)
+    return out
+
+
+def nearest_replicas(wanted: int, measured: list[int]) -> int:
+    """The measured R closest to `wanted`; on a tie the smaller (the dearer per seed)."""
+    return min(measured, key=lambda r: (abs(r - wanted), r))
+
+
+def project_replicas(
+    specs: list[RunSpec], runs: list[dict[str, Any]], replica_step_s: dict[str, dict[int, float]]
+) -> dict[str, Any]:
+    """The projection with seeds trained together: the suite's units of work
+    (mcbench.suite.group_runs, the runner's grouping) give each run its R; a method
+    measured by the replicas section trains at its per seed-update cost at that R (or
+    the nearest measured R); any other method, or a unit of one run, at its sequential
+    cost. Evaluations keep their sequential cost (not measured with replicas)."""
+    from mcbench.suite import group_runs
+
+    unit_size = {s.run_name(): len(u) for u in group_runs(specs) for s in u}
+    per_method: dict[str, dict[str, Any]] = {}
+    total = 0.0
+    for spec, run in zip(specs, runs, strict=True):
+        r = unit_size[spec.run_name()]
+        row = per_method.setdefault(
+            run["method"], {"runs": 0, "R": r, "train_s": 0.0, "eval_s": 0.0}
+        )
+        row["R"] = max(row["R"], r)
+        measured = replica_step_s.get(run["method"])
+        if measured and r > 1:
+            used = nearest_replicas(r, sorted(measured))
+            row["R_measured"] = used
+            row["ms_per_seed_update"] = 1000 * measured[used]
+            row["ms_per_update_sequential"] = 1000 * run["train_s"] / spec.steps
+            row["source"] = "replicas"
+            train_s = spec.steps * measured[used]
+        else:
+            row.setdefault("source", "sequential")
+            train_s = run["train_s"]
+        row["runs"] += 1
+        row["train_s"] += train_s
+        row["eval_s"] += run["eval_s"]
+        row["sequential_s"] = row.get("sequential_s", 0.0) + run["total_s"]
+        total += train_s + run["eval_s"]
+    for row in per_method.values():
+        row["total_s"] = row["train_s"] + row["eval_s"]
+    return {
+        "per_method": per_method,
+        "total_s": total,
+        "total_h": total / 3600,
+        "sequential": sorted(k for k, v in per_method.items() if v["source"] == "sequential"),
     }
 
 
@@ -571,11 +904,35 @@ def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
             if "peak_fraction" in v:
                 add("methods", k, "peak_fraction", v["peak_fraction"], "ratio")
             add("methods", k, "generate_s", v["generate_s"], "s")
+    if "replicas" in S:
+        for k, rows_r in S["replicas"]["methods"].items():
+            for v in rows_r:
+                item = f"{k} R={v['R']}"
+                add("replicas", item, "ms_per_group_update", v["ms_per_group_update"], "ms")
+                for side in ("replicas", "sequential"):
+                    ms = v[f"ms_per_seed_update_{side}"]
+                    add("replicas", item, f"ms_per_seed_update_{side}", ms, "ms")
+                add("replicas", item, "speedup", v["speedup"], "ratio")
+                add("replicas", item, "flops_per_s", v["flops_per_s"], "FLOP/s")
+                if "peak_fraction" in v:
+                    add("replicas", item, "peak_fraction", v["peak_fraction"], "ratio")
+        for k, b in S["replicas"].get("best", {}).items():
+            add("replicas", k, "best_peak_fraction", b["peak_fraction"], "ratio")
+    if "graphs" in S:
+        for v in S["graphs"].get("entries", []):
+            item = f"{v['method']} R={v['R']}"
+            add("graphs", item, "ms_per_update_eager", v["ms_eager"], "ms")
+            add("graphs", item, "ms_per_update_graph", v["ms_graph"], "ms")
+            add("graphs", item, "speedup", v["speedup"], "ratio")
     if "projection" in S:
         p = S["projection"]
         for k, v in p["per_method"].items():
             add("projection", k, "hours", v["total_s"] / 3600, "h")
         add("projection", "total", "hours", p["total_h"], "h")
+        if "replicas" in p:
+            for k, v in p["replicas"]["per_method"].items():
+                add("projection", k, "hours_replicas", v["total_s"] / 3600, "h")
+            add("projection", "total", "hours_replicas", p["replicas"]["total_h"], "h")
     if "processes" in S:
         pr = S["processes"]
         for k, v in pr["updates_per_s"].items():
@@ -669,6 +1026,10 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{_fmt(v['generate_s'])} |"
             )
         out.append("")
+    if "replicas" in S:
+        out += _replicas_md(S["replicas"], a["threads"])
+    if "graphs" in S:
+        out += _graphs_md(S["graphs"])
     if "projection" in S:
         p = S["projection"]
         datasets = sorted({r["dataset"] for r in p["runs"]})
@@ -700,6 +1061,7 @@ def markdown(res: dict[str, Any]) -> str:
             + f" | **{_fmt(p['total_h'])}** | 100% |",
             "",
         ]
+        out += _projection_replicas_md(p, "replicas" in S)
     if "processes" in S:
         pr = S["processes"]
         n = pr["processes"]
@@ -718,6 +1080,129 @@ def markdown(res: dict[str, Any]) -> str:
         ]
     out += [f"Section wall times (s): {json.dumps(res['section_seconds'])}", ""]
     return "\n".join(out)
+
+
+def _replicas_md(rs: dict[str, Any], threads: int) -> list[str]:
+    peak = rs.get("peak")
+    out = [
+        f"## Replicas: R seeds in one update against R sequential updates "
+        f"({rs['dataset']}, {rs['device']}, {threads} thread(s))",
+        "",
+        "One update of an R-replica group (mcbench.runner.build_group, seeds 0..R-1) against "
+        "R consecutive updates of the single-seed run (mcbench.runner.build, seed 0), "
+        f"alternating which goes first, after {rs['warmup']} warm-up update(s) of each; "
+        "medians over the timed updates (column 'timed': group updates, each paired with R "
+        "sequential ones); speed-up = median of the per-update ratios sequential / group. "
+        "FLOPs: FlopCounterMode on one group update (batched matmuls included); fraction "
+        "of the matmul peak "
+        + (f"measured in this run ({peak / 1e9:.1f} GFLOP/s)." if peak else "(not measured)."),
+        "",
+    ]
+    if rs["methods"]:
+        out += [
+            "| method | R | timed | ms per group update | ms per seed-update, replicas | "
+            "ms per seed-update, sequential | speed-up | GFLOP/s | fraction of peak |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for k, rows in rs["methods"].items():
+            for v in rows:
+                flops = "" if v["flops_match"] else " (FLOPs != R x single)"
+                out.append(
+                    f"| {k} | {v['R']} | {v['updates']} | {_fmt(v['ms_per_group_update'])} | "
+                    f"{_fmt(v['ms_per_seed_update_replicas'])} | "
+                    f"{_fmt(v['ms_per_seed_update_sequential'])} | **{v['speedup']:.2f}** | "
+                    f"{v['flops_per_s'] / 1e9:.2f}{flops} | "
+                    f"{_fmt(v.get('peak_fraction', math.nan))} |"
+                )
+        out.append("")
+    if rs.get("best"):
+        out.append(
+            f"Best fraction of peak across R (target: at least {rs['target']:.2f} with "
+            "replicas, issue 8):"
+        )
+        out.append("")
+        for k, b in rs["best"].items():
+            met = "met" if b["met"] else "not met"
+            out.append(f"- {k}: **{b['peak_fraction']:.3f}** at R={b['R']} ({met})")
+        out.append("")
+    for k, why in rs["skipped"].items():
+        out += [f"Not measured: {k} ({why}).", ""]
+    return out
+
+
+def _graphs_md(g: dict[str, Any]) -> list[str]:
+    out = ["## CUDA graphs against eager", ""]
+    if not g["measured"]:
+        return [*out, f"Not measured: {g['reason']} (this run: {g['device']}).", ""]
+    out += [
+        f"On {g['dataset']}, {g['device']}: eager `method.step` (built as without graphs) "
+        "against the replay of mcbench.graphs.capture_step (built with capturable "
+        f"optimisers, captured after {max(1, g['warmup'])} eager updates), a fresh real "
+        f"batch per update; {g['reps']} alternating blocks of {g['steps']} updates after "
+        "warm-up (median); speed-up = median of per-block ratios eager / graph.",
+        "",
+        "| method | R | eager ms per update | graph ms per update | graph ms per seed-update "
+        "| speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for v in g["entries"]:
+        out.append(
+            f"| {v['method']} | {v['R']} | {_fmt(v['ms_eager'])} | {_fmt(v['ms_graph'])} | "
+            f"{_fmt(v['ms_graph_per_seed'])} | **{v['speedup']:.2f}** |"
+        )
+    out.append("")
+    if any(v["method"] == LBT_GRAPH_METHOD for v in g["entries"]):
+        met = g["lbt_target_met_at_R"]
+        out += [
+            f"LBT target: one {LBT_GRAPH_METHOD} update (per seed) in at most "
+            f"{g['target_ms']:g} ms with graphs: "
+            + (f"met at R = {', '.join(map(str, met))}." if met else "not met."),
+            "",
+        ]
+    for v in g["skipped"]:
+        out += [f"Not measured: {v['method']} at R={v['R']} ({v['reason']}).", ""]
+    return out
+
+
+def _projection_replicas_md(p: dict[str, Any], replicas_ran: bool) -> list[str]:
+    if "replicas" not in p:
+        why = "no method measured" if replicas_ran else "the replicas section did not run"
+        return [f"No projection with replicas ({why}).", ""]
+    pr = p["replicas"]
+    out = [
+        "### With replicas",
+        "",
+        "The same runs with each unit of seeds (mcbench.suite.group_runs) trained together: "
+        "updates x the replicas section's cost per seed-update at the unit's R (or the "
+        "nearest measured R), next to the methods section's sequential cost per update "
+        "(timed apart: the replicas section's paired speed-ups are the closer comparison); "
+        "evaluations at their sequential cost.",
+        "",
+        "| method | R (suite) | R measured | ms per seed-update, replicas | "
+        "ms per update, sequential | total (h) | sequential (h) | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for k, v in sorted(pr["per_method"].items(), key=lambda kv: -kv[1]["total_s"]):
+        if v["source"] != "replicas":
+            continue
+        out.append(
+            f"| {k} | {v['R']} | {v['R_measured']} | {_fmt(v['ms_per_seed_update'])} | "
+            f"{_fmt(v['ms_per_update_sequential'])} | {_fmt(v['total_s'] / 3600)} | "
+            f"{_fmt(v['sequential_s'] / 3600)} | "
+            f"{v['total_s'] / v['sequential_s']:.3f} |"
+        )
+    out += [
+        f"| **suite total** | | | | | **{_fmt(pr['total_h'])}** | {_fmt(p['total_h'])} | "
+        f"{pr['total_s'] / p['total_s']:.3f} |",
+        "",
+    ]
+    if pr["sequential"]:
+        out += [
+            f"Sequential cost used for {', '.join(pr['sequential'])} (no replica "
+            "measurement, or one seed a unit).",
+            "",
+        ]
+    return out
 
 
 def _load(x: list[float] | None) -> str:
@@ -765,6 +1250,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--method-reps", type=int, default=5, help="timed blocks per method")
     ap.add_argument("--methods", default="all", help='comma list, or "all" registered')
     ap.add_argument("--extra-methods", default="lbt[preset=paper]", help="comma list")
+    ap.add_argument("--replica-methods", default="gan,lbt", help="comma list (replicas)")
+    ap.add_argument("--replicas-list", default="1,4,16,64", help="comma list of R (replicas)")
+    ap.add_argument("--replica-warmup", type=int, default=1, help="updates of each side")
+    ap.add_argument(
+        "--replica-seed-updates",
+        type=int,
+        default=32,
+        help="seed-updates to time a side at each R: ceil(this / R) group updates ...",
+    )
+    ap.add_argument("--replica-min-updates", type=int, default=2, help="... but at least this")
+    ap.add_argument(
+        "--graph-methods", default=f"gan,unrolled-gan,{LBT_GRAPH_METHOD}", help="comma list"
+    )
+    ap.add_argument("--graph-replicas", default="1,64", help="comma list of R (graphs)")
+    ap.add_argument("--graph-warmup", type=int, default=3, help="updates of each side")
+    ap.add_argument("--graph-steps", type=int, default=20, help="updates per timed block")
+    ap.add_argument("--graph-reps", type=int, default=5, help="timed blocks of each side")
     ap.add_argument("--suite", default="paper", help="suite to project")
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--process-seconds", type=float, default=10.0)
@@ -788,7 +1290,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise McbenchError("--processes and --process-reps must be >= 1, --process-seconds > 0")
     if args.method_warmup < 0:
         raise McbenchError("--method-warmup must be >= 0")
+    for k in ("replica_warmup", "graph_warmup"):
+        if getattr(args, k) < 0:
+            raise McbenchError(f"--{k.replace('_', '-')} must be >= 0")
+    for k in ("replica_seed_updates", "replica_min_updates", "graph_steps", "graph_reps"):
+        if getattr(args, k) < 1:
+            raise McbenchError(f"--{k.replace('_', '-')} must be >= 1")
+    args.replicas_list = _ints(args.replicas_list, "--replicas-list")
+    args.graph_replicas = _ints(args.graph_replicas, "--graph-replicas")
     return args
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    """A comma list of distinct positive integers, in the order given."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise McbenchError(f"{flag} takes a comma list of integers, not {text!r}") from None
+    if not out or min(out) < 1 or len(set(out)) != len(out):
+        raise McbenchError(f"{flag} takes distinct integers >= 1, not {text!r}")
+    return out
+
+
+def _selectors(text: str) -> list[str]:
+    """A comma list of method selectors, each resolved (a bad name fails now)."""
+    out = [s.strip() for s in text.split(",") if s.strip()]
+    for s in out:
+        resolve(s)
+    return out
 
 
 def _log(msg: str) -> None:
@@ -802,6 +1331,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     secs = set(args.sections)
     if "projection" in secs:  # needs the step, generation and metric costs
         secs |= {"methods", "metrics"}
+    if "replicas" in secs:  # fractions of the peak measured in this run
+        secs.add("peak")
+    rsels = _selectors(args.replica_methods) if "replicas" in secs else []
+    gsels = _selectors(args.graph_methods) if "graphs" in secs else []
     res: dict[str, Any] = {
         "device": device_info(device),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -854,8 +1387,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.generate_reps,
             ),
         )
+    if "replicas" in secs:
+        timed(
+            "replicas",
+            lambda: measure_replicas(
+                rsels,
+                args.dataset,
+                device,
+                args.replicas_list,
+                args.replica_warmup,
+                args.replica_seed_updates,
+                args.replica_min_updates,
+            ),
+        )
+    if "graphs" in secs:
+        timed(
+            "graphs",
+            lambda: measure_graphs(
+                gsels,
+                args.dataset,
+                device,
+                args.graph_replicas,
+                args.graph_warmup,
+                args.graph_steps,
+                args.graph_reps,
+            ),
+        )
+        if not S["graphs"]["measured"]:
+            _log(f"graphs: not measured: {S['graphs']['reason']}")
     if "projection" in secs:
         M = S["methods"]
+        per_seed = None
+        if "replicas" in S:
+            per_seed = {
+                k: {v["R"]: v["ms_per_seed_update_replicas"] / 1000 for v in rows}
+                for k, rows in S["replicas"]["methods"].items()
+            } or None  # nothing measured: no second projection
         timed(
             "projection",
             lambda: project_suite(
@@ -866,6 +1433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {k: v["diagnostics_s"] for k, v in M.items()},
                 {k: v["seconds_median"] for k, v in S["metrics"].items()},
                 args.eval_samples,
+                per_seed,
             ),
         )
     if "processes" in secs:
@@ -897,6 +1465,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for v in S["methods"].values():
             v["peak_fraction"] = v["flops_per_s"] / S["peak"]["best"]
         res["peak_methods"] = [k for k in ("gan", "lbt", "lbt[preset=paper]") if k in S["methods"]]
+    if "peak" in S and "replicas" in S:
+        add_replica_fractions(S["replicas"], S["peak"]["best"])
     with contextlib.suppress(AttributeError, OSError):
         res["load_avg_end"] = list(os.getloadavg())
     return res

@@ -192,3 +192,180 @@ def test_worker_process_handshake():
     (w,) = out["workers"]
     assert w["threads"] == 2 and w["steps"] >= 1 and w["seconds"] >= 0.2
     assert out["updates_per_s"] == pytest.approx(w["steps"] / w["seconds"])
+
+
+# -- replicas, graphs and the projection with replicas (issue 8) ------------------------------
+
+
+def test_replica_stats_arithmetic():
+    """ms per group update and per seed-update of each side, the speed-up as the median
+    of per-update ratios, FLOP/s of the group update, the R x single FLOP check."""
+    out = perf.replica_stats(4, [0.1, 0.2, 0.3], [0.2, 0.5, 0.6], 4000, 1000)
+    assert out["ratios"] == pytest.approx([2.0, 2.5, 2.0])
+    assert out["speedup"] == pytest.approx(2.0)
+    assert out["ms_per_group_update"] == pytest.approx(200.0)
+    assert out["ms_per_seed_update_replicas"] == pytest.approx(50.0)
+    assert out["ms_per_seed_update_sequential"] == pytest.approx(125.0)
+    assert out["flops_per_s"] == pytest.approx(4000 / 0.2)
+    assert out["updates"] == 3 and out["flops_match"] is True
+    assert perf.replica_stats(4, [0.1], [0.2], 3999, 1000)["flops_match"] is False
+
+
+def test_replica_fractions_and_best_against_target():
+    """Fraction = group FLOP/s / peak; the best R per method decides the target."""
+    section = {
+        "target": perf.REPLICA_TARGET,
+        "methods": {
+            "a": [{"R": 1, "flops_per_s": 20.0}, {"R": 4, "flops_per_s": 60.0}],
+            "b": [{"R": 1, "flops_per_s": 30.0}, {"R": 4, "flops_per_s": 10.0}],
+        },
+    }
+    perf.add_replica_fractions(section, 100.0)
+    assert [r["peak_fraction"] for r in section["methods"]["a"]] == pytest.approx([0.2, 0.6])
+    assert section["best"]["a"] == {"R": 4, "peak_fraction": pytest.approx(0.6), "met": True}
+    assert section["best"]["b"] == {"R": 1, "peak_fraction": pytest.approx(0.3), "met": False}
+    assert section["peak"] == 100.0
+
+
+def test_timed_updates_fewer_for_large_r():
+    assert [perf.timed_updates(32, 2, r) for r in (1, 4, 16, 64)] == [32, 8, 2, 2]
+    assert perf.timed_updates(5, 1, 2) == 3
+
+
+def test_time_alternating_order():
+    calls = []
+    ta, tb = perf.time_alternating(lambda: calls.append("a"), lambda: calls.append("b"), 3, CPU)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert len(ta) == len(tb) == 3 and min(ta + tb) >= 0
+
+
+def test_group_update_flops_count_batched_matmuls():
+    """FlopCounterMode counts bmm/baddbmm: an R-replica GAN update is R x the analytic
+    count of one update, and one StackedLinear is R x a Linear."""
+    from mcbench.replicas import StackedLinear
+    from mcbench.runner import build_group
+
+    p = MIXTURE2D
+    m, _, _ = build_group([RunSpec("gan", "ring", s, 1, 1, 1) for s in range(2)], CPU)
+    n = m.problem.batch_size
+    analytic = perf.gan_step_flops(p.latent_dim, p.hidden, 2, p.batch_size)
+    assert perf.count_flops(lambda: m.step(m.problem.sample_real(n))) == 2 * analytic
+    lin = StackedLinear([torch.nn.Linear(5, 7) for _ in range(3)])
+    assert perf.count_flops(lambda: lin(torch.zeros(3, 11, 5))) == 3 * 2 * 11 * 5 * 7
+
+
+def test_nearest_replicas_prefers_smaller_on_tie():
+    assert perf.nearest_replicas(5, [1, 4, 16, 64]) == 4
+    assert perf.nearest_replicas(10, [4, 16]) == 4
+    assert perf.nearest_replicas(100, [1, 4, 16, 64]) == 64
+    assert perf.nearest_replicas(3, [3]) == 3
+
+
+def test_projection_with_replicas(tmp_path):
+    """A measured method trains at its per seed-update replica cost at the suite's R
+    (nearest measured R); the others keep the sequential cost and are named."""
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        'methods = ["gan", "lbt"]\ndatasets = ["ring"]\nseeds = [0, 1, 2]\n'
+        "steps = 40\neval_every = 20\neval_samples = 1000\n"
+    )
+    step = {"gan": 0.01, "lbt": 0.1}
+    gen, diag, metric = {"gan": 0.5, "lbt": 0.5}, {"gan": 0.0, "lbt": 0.0}, {"ring": 0.25}
+    base = perf.project_suite(str(suite), step, gen, 1000, diag, metric, 1000)
+    assert "replicas" not in base
+    per_seed = {"gan": {1: 0.012, 2: 0.004, 4: 0.002}}
+    out = perf.project_suite(str(suite), step, gen, 1000, diag, metric, 1000, per_seed)
+    pr = out["replicas"]
+    eval_one = 2 * (0.5 + 0.25)  # two evaluations a run
+    gan = pr["per_method"]["gan"]
+    assert (gan["R"], gan["R_measured"], gan["source"]) == (3, 2, "replicas")
+    assert gan["total_s"] == pytest.approx(3 * (40 * 0.004 + eval_one))
+    assert gan["sequential_s"] == pytest.approx(out["per_method"]["gan"]["total_s"])
+    lbt = pr["per_method"]["lbt"]
+    assert lbt["source"] == "sequential" and pr["sequential"] == ["lbt"]
+    assert lbt["total_s"] == pytest.approx(out["per_method"]["lbt"]["total_s"])
+    assert pr["total_s"] == pytest.approx(gan["total_s"] + lbt["total_s"])
+    md = "\n".join(perf._projection_replicas_md(out, True))
+    assert "| gan | 3 | 2 | 4 |" in md and "Sequential cost used for lbt" in md
+
+
+def test_graphs_not_measured_on_cpu():
+    """No CUDA: no number, a reason; the Markdown says so and the CSV has no rows."""
+    out = perf.measure_graphs(["gan"], "ring", CPU, [1], 0, 1, 1)
+    assert out["measured"] is False and out["reason"] == perf.NO_CUDA
+    assert "entries" not in out
+    md = "\n".join(perf._graphs_md(out))
+    assert "Not measured: CUDA graphs need a CUDA device" in md
+    assert perf.rows_of({"sections": {"graphs": out}}) == []
+
+
+def test_graphs_bookkeeping_with_a_stand_in_capture(monkeypatch):
+    """The timing and skip bookkeeping, on a CPU with a capture that replays eagerly:
+    None from capture_step, or a method without replicas at R > 1, are skipped notes."""
+    monkeypatch.setattr(perf, "replica_capable", lambda sel: sel == "gan")
+
+    def capture(method, real):
+        assert real.shape[method.problem.batch_dim] == method.problem.batch_size
+        if type(method).__name__ != "GAN":
+            return None
+        return lambda r: method.step(r)
+
+    out = perf.measure_graphs(["gan", "pacgan"], "ring", CPU, [1, 2], 0, 1, 2, capture)
+    assert out["measured"] is True
+    assert [(e["method"], e["R"]) for e in out["entries"]] == [("gan", 1), ("gan", 2)]
+    for e in out["entries"]:
+        assert len(e["eager_s"]) == len(e["graph_s"]) == 2
+        assert e["ms_graph_per_seed"] == pytest.approx(e["ms_graph"] / e["R"])
+    skipped = {(s["method"], s["R"]): s["reason"] for s in out["skipped"]}
+    assert "returned None" in skipped[("pacgan", 1)]
+    assert skipped[("pacgan", 2)] == perf.NOT_REPLICA
+    md = "\n".join(perf._graphs_md(out))
+    assert "| gan | 2 |" in md and "Not measured: pacgan at R=2" in md
+
+
+def test_replicas_and_graphs_sections_tiny(tmp_path, monkeypatch):
+    """R in 1,2 with one timed update: JSON, CSV and Markdown of the replicas section
+    (peak measured with it), a method without replicas skipped with a note, and the
+    graphs section not measured on the CPU."""
+    real = perf.replica_capable
+    monkeypatch.setattr(perf, "replica_capable", lambda sel: sel != "pacgan" and real(sel))
+    out = tmp_path / "perf"
+    argv = ["--out", str(out), "--sections", "replicas,graphs", "--replicas-list", "1,2"]
+    argv += ["--replica-methods", "gan,pacgan", "--replica-warmup", "0"]
+    argv += ["--replica-seed-updates", "1", "--replica-min-updates", "1"]
+    argv += ["--peak-size", "64", "--peak-reps", "1"]
+    assert perf.main(argv) == 0
+
+    res = json.loads((out / "perf.json").read_text())
+    assert set(res["sections"]) == {"peak", "replicas", "graphs"}
+    rs = res["sections"]["replicas"]
+    assert rs["device"] == "cpu" and res["sections"]["graphs"]["device"] == "cpu"
+    assert [r["R"] for r in rs["methods"]["gan"]] == [1, 2]
+    assert all(r["updates"] == 1 and r["flops_match"] for r in rs["methods"]["gan"])
+    assert rs["skipped"] == {"pacgan": perf.NOT_REPLICA}
+    assert rs["best"]["gan"]["R"] in (1, 2)
+    peak = res["sections"]["peak"]["best"]
+    for r in rs["methods"]["gan"]:
+        assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / peak)
+
+    with open(out / "perf.csv") as f:
+        rows = list(csv.DictReader(f))
+    items = {r["item"] for r in rows if r["section"] == "replicas"}
+    assert items == {"gan R=1", "gan R=2", "gan"}
+    assert not [r for r in rows if r["section"] == "graphs"]
+
+    md = (out / "perf.md").read_text()
+    assert "## Replicas: R seeds in one update" in md
+    assert "| gan | 2 | 1 |" in md  # R, timed updates
+    assert f"target: at least {perf.REPLICA_TARGET:.2f}" in md
+    assert "Not measured: pacgan" in md
+    assert "Not measured: CUDA graphs need a CUDA device (this run: cpu)." in md
+
+
+def test_replica_and_graph_options_fail_with_one_line(capsys):
+    assert perf.main(["--replicas-list", "0,2"]) == 2
+    assert perf.main(["--graph-replicas", "a"]) == 2
+    assert perf.main(["--replicas-list", "2,2"]) == 2
+    assert perf.main(["--sections", "replicas", "--replica-methods", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 4 and all(line.startswith("mcbench.perf: error:") for line in err)
