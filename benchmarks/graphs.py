@@ -33,6 +33,22 @@ def generators(method) -> list[torch.Generator]:
     return found
 
 
+def side_stream_step(method) -> Step:
+    """`method.step` on a side stream, as the eager updates before capture should run
+    (PyTorch's CUDA-graph recipe: libraries set up per-stream state in warm-up, not
+    during capture)."""
+    side = torch.cuda.Stream()
+
+    def step(real: torch.Tensor) -> dict[str, torch.Tensor]:
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = method.step(real)
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    return step
+
+
 def capture_step(method, real: torch.Tensor) -> Step | None:
     """`step(real) -> losses` replaying `method.step` as one CUDA graph, or None where
     capture is impossible (a CPU device). The method must have taken at least one eager

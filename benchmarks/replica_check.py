@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.graphs import capture_step
+from mcbench.graphs import capture_step, side_stream_step
 from mcbench.registry import methods
 from mcbench.runner import GRAPH_WARMUP, RunSpec, build, build_group, default_device
 
@@ -30,7 +30,7 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def losses_of(method, steps: int, graphs: bool = False) -> list[dict[str, torch.Tensor]]:
-    out, stepper = [], method.step
+    out, stepper = [], side_stream_step(method) if graphs else method.step
     for t in range(steps):
         real = method.problem.sample_real(method.problem.batch_size)
         if graphs and t == GRAPH_WARMUP:

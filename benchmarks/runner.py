@@ -30,7 +30,7 @@ import mcbench
 from mcbench import results as res
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
-from mcbench.graphs import capture_step
+from mcbench.graphs import capture_step, side_stream_step
 from mcbench.protocol import get_protocol, make_problem
 from mcbench.registry import resolve
 from mcbench.replicas import replica_state
@@ -385,7 +385,7 @@ def train_group(
         prog.failed[seeds[r]] = {"failed_step": step, "reason": reason, **extra}
         alive.remove(r)
 
-    stepper = method.step
+    stepper = side_stream_step(method) if capture else method.step
     try:
         for step in range(prog.step + 1, spec.steps + 1):
             if not alive:
@@ -395,6 +395,7 @@ def train_group(
                 try:
                     stepper = capture_step(method, real) or method.step
                 except Exception as exc:  # capture is an optimisation: never fatal
+                    stepper = method.step
                     execution = f"eager (capture failed: {type(exc).__name__}: {exc})"
                     _log(f"{spec.run_name()}: CUDA graph capture failed, eager instead: {exc}")
             t0 = time.perf_counter()
