@@ -362,12 +362,7 @@ def measure_methods(
 
     for sel in selectors:
         block(sel, warmup)
-    per_step: dict[str, list[float]] = {s: [] for s in selectors}
-    for r in range(reps):
-        for sel in selectors if r % 2 == 0 else selectors[::-1]:
-            t0 = now(device)
-            block(sel, steps)
-            per_step[sel].append((now(device) - t0) / steps)
+    per_step = time_blocks({s: lambda s=s: block(s, 1) for s in selectors}, steps, reps, device)
     flops = {sel: count_flops(lambda s=sel: block(s, 1)) for sel in selectors}
     gen: dict[str, list[float]] = {s: [] for s in selectors}
     diag: dict[str, list[float]] = {s: [] for s in selectors}
@@ -427,15 +422,8 @@ def time_alternating(
 ) -> tuple[list[float], list[float]]:
     """Seconds of each call of `a` and of `b`, `reps` of each, in the order A B, B A, ...
     (so a drift of the machine's speed falls on both)."""
-    ta: list[float] = []
-    tb: list[float] = []
-    for r in range(reps):
-        pairs = [(a, ta), (b, tb)] if r % 2 == 0 else [(b, tb), (a, ta)]
-        for fn, out in pairs:
-            t0 = now(device)
-            fn()
-            out.append(now(device) - t0)
-    return ta, tb
+    t = time_blocks({"a": a, "b": b}, 1, reps, device)
+    return t["a"], t["b"]
 
 
 def replica_stats(
