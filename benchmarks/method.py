@@ -20,6 +20,26 @@ from mcbench.errors import McbenchError
 Rng = torch.Generator | list[torch.Generator]
 
 
+def is_rng(x: Any) -> bool:
+    """A stream (one seed) or a non-empty list of streams (one a replica)."""
+    if isinstance(x, list):
+        return bool(x) and all(isinstance(g, torch.Generator) for g in x)
+    return isinstance(x, torch.Generator)
+
+
+def rng_state(rng: Rng) -> Any:
+    """The state of a stream, or of each replica's stream (for checkpoints)."""
+    return [g.get_state() for g in rng] if isinstance(rng, list) else rng.get_state()
+
+
+def set_rng_state(rng: Rng, state: Any) -> None:
+    if isinstance(rng, list):
+        for g, st in zip(rng, state, strict=True):
+            g.set_state(st)
+    else:
+        rng.set_state(state)
+
+
 @dataclass
 class Problem:
     """Everything the common protocol hands to a method.
@@ -185,10 +205,8 @@ class Method:
         Override (with load_extra_state) for anything else, e.g. a list of tensors."""
         out: dict[str, Any] = {}
         for k, v in vars(self).items():
-            if isinstance(v, torch.Generator):
-                out[f"rng.{k}"] = v.get_state()
-            elif isinstance(v, list) and v and all(isinstance(g, torch.Generator) for g in v):
-                out[f"rngs.{k}"] = [g.get_state() for g in v]
+            if is_rng(v):
+                out[f"rng.{k}"] = rng_state(v)
             elif isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter):
                 out[f"tensor.{k}"] = v.detach().clone()
             elif isinstance(v, (int, float)):
@@ -199,10 +217,7 @@ class Method:
         for key, v in state.items():
             kind, name = key.split(".", 1)
             if kind == "rng":
-                getattr(self, name).set_state(v)
-            elif kind == "rngs":
-                for g, st in zip(getattr(self, name), v, strict=True):
-                    g.set_state(st)
+                set_rng_state(getattr(self, name), v)
             elif kind == "tensor":
                 current = getattr(self, name)
                 if current.shape == v.shape:

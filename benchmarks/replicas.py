@@ -149,6 +149,11 @@ def per_replica_sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
 
 
+def per_replica(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One value per replica, (R,), shaped to broadcast over `like` (R, ...)."""
+    return c.view(-1, *([1] * (like.dim() - 1)))
+
+
 def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_ applied to each replica on its own: the global
     norm of replica r's gradients scales only replica r's gradients. Returns (R,)."""
@@ -156,5 +161,5 @@ def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float) -> torch.Te
     norms = torch.stack([per_replica_sum(g.square()) for g in grads]).sum(0).sqrt()
     coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
     for g in grads:
-        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+        g.mul_(per_replica(coef, g))
     return norms

@@ -31,6 +31,7 @@ from mcbench import results as res
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
 from mcbench.graphs import capture_step, side_stream_step
+from mcbench.method import rng_state, set_rng_state
 from mcbench.protocol import get_protocol, make_problem
 from mcbench.registry import resolve
 from mcbench.replicas import replica_state
@@ -101,26 +102,28 @@ def _sync(device: torch.device) -> None:
 def generate(method, n: int, rng: torch.Generator | list[torch.Generator]) -> torch.Tensor:
     """n samples in chunks, moved to the CPU, drawn with the evaluation stream `rng`
     (with replicas: one stream per replica, samples (R, n, ...), smaller chunks)."""
-    if isinstance(rng, list):
-        chunk = max(1024, EVAL_CHUNK // len(rng))
-        parts = [method.sample(min(chunk, n - s), rng).float().cpu() for s in range(0, n, chunk)]
-        return torch.cat(parts, dim=1)
-    out = [
-        method.sample(min(EVAL_CHUNK, n - s), rng).float().cpu() for s in range(0, n, EVAL_CHUNK)
-    ]
-    return torch.cat(out)
+    grouped = isinstance(rng, list)
+    chunk = max(1024, EVAL_CHUNK // len(rng)) if grouped else EVAL_CHUNK
+    out = [method.sample(min(chunk, n - s), rng).float().cpu() for s in range(0, n, chunk)]
+    return torch.cat(out, dim=1 if grouped else 0)
+
+
+def _setup(spec: RunSpec) -> tuple[Any, Any, Any, Any]:
+    """A run's method entry, config, dataset and protocol; seeds the global numpy and
+    Python streams for code that uses them."""
+    entry, cfg = resolve(spec.method, spec.params)
+    ds = get_dataset(spec.dataset)
+    np.random.seed(derive_seed(spec.seed, "numpy") % 2**32)
+    random.seed(derive_seed(spec.seed, "python"))
+    return entry, cfg, ds, get_protocol(ds.family)
 
 
 def build(
     spec: RunSpec, device: torch.device, capturable: bool = False
 ) -> tuple[Any, Any, torch.Generator]:
     """The method of a run, seeded and on `device`, with its real-data stream."""
-    entry, cfg = resolve(spec.method, spec.params)
-    ds = get_dataset(spec.dataset)
-    proto = get_protocol(ds.family)
+    entry, cfg, ds, proto = _setup(spec)
     torch.manual_seed(derive_seed(spec.seed, "init"))
-    np.random.seed(derive_seed(spec.seed, "numpy") % 2**32)  # for code that uses the
-    random.seed(derive_seed(spec.seed, "python"))  # global numpy or Python streams
     data_rng = _generator(device, derive_seed(spec.seed, "data"))
     method_rng = _generator(device, derive_seed(spec.seed, "method"))
     problem = make_problem(ds, proto, device, method_rng, data_rng, capturable=capturable)
@@ -144,16 +147,11 @@ def build_group(
 ) -> tuple[Any, Any, list]:
     """One replica method for specs that differ only in seed (see `groupable`): replica
     r starts from exactly the weights and streams of the sequential run of specs[r]."""
-    first = specs[0]
-    entry, cfg = resolve(first.method, first.params)
-    ds = get_dataset(first.dataset)
-    proto = get_protocol(ds.family)
+    entry, cfg, ds, proto = _setup(specs[0])
     init_states = []
     for spec in specs:
         torch.manual_seed(derive_seed(spec.seed, "init"))
         init_states.append(torch.get_rng_state())
-    np.random.seed(derive_seed(first.seed, "numpy") % 2**32)
-    random.seed(derive_seed(first.seed, "python"))
     data_rngs = [_generator(device, derive_seed(s.seed, "data")) for s in specs]
     method_rngs = [_generator(device, derive_seed(s.seed, "method")) for s in specs]
     problem = make_problem(
@@ -232,18 +230,6 @@ class _Progress:
     failed: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def _rng_state(rng):
-    return [g.get_state() for g in rng] if isinstance(rng, list) else rng.get_state()
-
-
-def _set_rng_state(rng, state) -> None:
-    if isinstance(rng, list):
-        for g, st in zip(rng, state, strict=True):
-            g.set_state(st)
-    else:
-        rng.set_state(state)
-
-
 def _save_checkpoint(path: Path, key: str, method, data_rng, device, prog: _Progress):
     res.save_checked(
         path,
@@ -252,8 +238,8 @@ def _save_checkpoint(path: Path, key: str, method, data_rng, device, prog: _Prog
             "progress": dataclasses.asdict(prog),
             "method": method.state_dict(),
             "method_extra": method.extra_state(),
-            "rng_method": _rng_state(method.problem.rng),
-            "rng_data": _rng_state(data_rng),
+            "rng_method": rng_state(method.problem.rng),
+            "rng_data": rng_state(data_rng),
             "rng_host": _host_state(device),
         },
     )
@@ -265,8 +251,8 @@ def _load_checkpoint(path: Path, key: str, method, data_rng, device) -> _Progres
         raise ValueError(f"{path} belongs to another configuration")
     method.load_state_dict(ck["method"])
     method.load_extra_state(ck["method_extra"])
-    _set_rng_state(method.problem.rng, ck["rng_method"])
-    _set_rng_state(data_rng, ck["rng_data"])
+    set_rng_state(method.problem.rng, ck["rng_method"])
+    set_rng_state(data_rng, ck["rng_data"])
     _set_host_state(ck["rng_host"], device)
     return _Progress(**ck["progress"])
 
@@ -337,8 +323,7 @@ def train_group(
     def make():
         if grouped:
             return build_group(specs, device, capturable=capture)
-        method, ds, data_rng = build(spec, device, capturable=capture)
-        return method, ds, data_rng
+        return build(spec, device, capturable=capture)
 
     method, ds, data_rng = make()
     prog = _Progress()
@@ -380,6 +365,7 @@ def train_group(
                 "wall_time": prog.train_time,
             }
         )
+        latest[r][metric] = float(value)
 
     def fail(r: int, step: int, reason: str, **extra: Any) -> None:
         prog.failed[seeds[r]] = {"failed_step": step, "reason": reason, **extra}
@@ -422,6 +408,7 @@ def train_group(
                         fail(r, bad[r], f"a loss is NaN or inf at step {bad[r]}")
             if evaluate and alive:
                 for r in alive:
+                    latest[r] = {}  # filled by `record` with this evaluation's values
                     for k, v in losses.items():
                         record(r, step, f"loss_{k}", float(part(v, r)))
                     ms = 1000 * prog.interval_time / prog.interval_steps / n_rep
@@ -440,11 +427,6 @@ def train_group(
                     for k, v in diagnostics.items():
                         record(r, step, k, float(part(v, r)))
                     final_samples[r] = xr
-                    latest[r] = {
-                        row["metric"]: row["value"]
-                        for row in prog.rows
-                        if row["step"] == step and row["seed"] == seeds[r]
-                    }
                     if verbose:
                         shown = " ".join(f"{k}={v:.4g}" for k, v in latest[r].items())
                         _log(f"{specs[r].run_name()} step {step}/{spec.steps} {shown}")

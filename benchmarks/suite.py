@@ -328,10 +328,10 @@ def group_runs(specs: list[RunSpec], replicas: int | None = None) -> list[list[R
     train together (at most `replicas` seeds a unit; None: no limit, 1: one run a unit).
     Larger units go first, so that the longest work starts early."""
     units: dict[str, list[list[RunSpec]]] = {}
+    cap = replicas or len(specs)
     for spec in specs:
         key = repr(dataclasses.replace(spec, seed=0))
         chunks = units.setdefault(key, [[]])
-        cap = replicas or len(specs)
         if len(chunks[-1]) >= cap or (chunks[-1] and not groupable([chunks[-1][0], spec])):
             chunks.append([])
         chunks[-1].append(spec)

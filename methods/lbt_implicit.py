@@ -23,7 +23,7 @@ import torch
 from mcbench.errors import McbenchError
 from mcbench.method import positive
 from mcbench.methods.lbt import AUTHORS_CODE, LBT, PAPER, LBTConfig
-from mcbench.replicas import per_replica_sum
+from mcbench.replicas import per_replica, per_replica_sum
 
 Vec = list[torch.Tensor]
 
@@ -58,7 +58,7 @@ def replica_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.T
 
 def _scale(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """c * x for a scalar c, or a per-replica (R,) c broadcast over x's other dims."""
-    return c * x if c.dim() == 0 else c.view(-1, *[1] * (x.dim() - 1)) * x
+    return c * x if c.dim() == 0 else per_replica(c, x) * x
 
 
 def conjugate_gradient(
