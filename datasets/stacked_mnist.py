@@ -10,7 +10,7 @@ The set is held as (digit pool, index triples) and gathered per batch: the same 
 as a materialised 128,000 x 3 x 28 x 28 array, at a fortieth of the memory.
 
 Evaluation (LBT and VEEGAN papers): every channel of every generated image is
-classified by the harness's MNIST CNN (`mcbench.classifier`); modes captured = distinct
+classified by the harness's MNIST CNN (`mcbench.datasets.classifier`); modes captured = distinct
 3-digit labels; KL(p_gen || uniform over 1,000). The protocol evaluates 26,000 samples.
 """
 
@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mcbench.datasets.classifier import cached_info, get_classifier
 from mcbench.datasets.images import ImageDataset, as_images
-from mcbench.datasets.mnist import MnistSource, idx_folder, load_mnist
+from mcbench.datasets.mnist_source import MnistSource, idx_folder, load_mnist
 from mcbench.metrics.stacked import MODE_METRICS, mode_metrics, stack_labels
 
 N_STACKED = 128_000
@@ -90,7 +91,6 @@ class StackedMNIST(ImageDataset):
         return self.gather(idx, device).float().div_(255.0)
 
     def evaluate(self, samples: np.ndarray | torch.Tensor) -> dict[str, float]:
-        from mcbench.classifier import get_classifier
 
         x = as_images(samples, self.shape)
         digits = get_classifier(self.source()).predict(x)
@@ -100,7 +100,6 @@ class StackedMNIST(ImageDataset):
         return MODE_METRICS
 
     def _describe_source(self) -> dict[str, Any]:
-        from mcbench.classifier import cached_info
 
         src = self.source()
         return {

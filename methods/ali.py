@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mcbench.losses import d_loss
-from mcbench.method import Method, Problem, positive
+from mcbench.methods.blocks.losses import d_loss
+from mcbench.plugin.method import Method, Problem, positive
 
 
 @dataclass

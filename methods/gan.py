@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mcbench.losses import d_loss, g_loss_nonsaturating
-from mcbench.method import Method, Problem, positive
+from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+from mcbench.plugin.method import Method, Problem, positive
 
 
 @dataclass

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.losses import d_loss, g_loss_nonsaturating
-from mcbench.method import Method, Problem, positive
+from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+from mcbench.plugin.method import Method, Problem, positive
 
 
 def sig_loss(x: torch.Tensor, theta: torch.Tensor, sigma: float, dim: int = 0) -> torch.Tensor:

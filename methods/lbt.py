@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.method import Method, Problem, positive
-from mcbench.unroll import AdamState, unroll
-from mcbench.vae import VAE
+from mcbench.methods.blocks.unroll import AdamState, unroll
+from mcbench.methods.blocks.vae import VAE
+from mcbench.plugin.method import Method, Problem, positive
 
 
 @dataclass

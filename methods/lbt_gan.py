@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.losses import d_loss, g_loss_nonsaturating
-from mcbench.method import Problem, positive
+from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
 from mcbench.methods.lbt import AUTHORS_CODE, LBT, PAPER, LBTConfig
+from mcbench.plugin.method import Problem, positive
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.method import positive
 from mcbench.methods.lbt import AUTHORS_CODE, LBT, PAPER, LBTConfig
-from mcbench.replicas import per_replica, per_replica_sum
+from mcbench.plugin.method import positive
+from mcbench.plugin.replicas import per_replica, per_replica_sum
 
 Vec = list[torch.Tensor]
 

@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.losses import d_loss, g_loss_nonsaturating
-from mcbench.method import Method, Problem, positive
+from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+from mcbench.plugin.method import Method, Problem, positive
 
 
 def pack(x: torch.Tensor, m: int, dim: int = 0) -> torch.Tensor:

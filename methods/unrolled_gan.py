@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.losses import d_loss, g_loss_nonsaturating
-from mcbench.method import Method, Problem
-from mcbench.unroll import AdamState, bind, unroll
+from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+from mcbench.methods.blocks.unroll import AdamState, bind, unroll
+from mcbench.plugin.method import Method, Problem
 
 G_LOSSES = ("minimax", "nonsaturating")
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from mcbench.errors import McbenchError
-from mcbench.losses import d_loss
-from mcbench.method import Method, Problem, positive
+from mcbench.methods.blocks.losses import d_loss
+from mcbench.plugin.method import Method, Problem, positive
 
 RECONSTRUCTORS = ("l2", "gaussian")
 

@@ -7,15 +7,15 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from mcbench.errors import McbenchError
-from mcbench.losses import d_loss, g_loss_minimax, g_loss_nonsaturating
-from mcbench.method import Problem
+from mcbench.methods.blocks.losses import d_loss, g_loss_minimax, g_loss_nonsaturating
+from mcbench.methods.blocks.nets import MLPFamily
+from mcbench.methods.blocks.unroll import AdamState, unroll
 from mcbench.methods.gan_si import GANSI, sig_loss
 from mcbench.methods.pacgan import PacGAN, pack
 from mcbench.methods.unrolled_gan import UnrolledGAN
 from mcbench.methods.veegan import VEEGAN
-from mcbench.nets import MLPFamily
-from mcbench.registry import resolve
-from mcbench.unroll import AdamState, unroll
+from mcbench.plugin.method import Problem
+from mcbench.plugin.registry import resolve
 
 
 def tiny_problem(data_shape=(2,), latent=3, hidden=(6,), batch=16, lr_d=0.05, seed=0):

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from mcbench.runner import RunSpec, run
+from mcbench.run.runner import RunSpec, run
 
 
 def numbers(out, spec):

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mcbench import unroll
-from mcbench.registry import distinct_methods, get_method
-from mcbench.runner import RunSpec, build, build_group
+from mcbench.methods.blocks import unroll
+from mcbench.plugin.registry import distinct_methods, get_method
+from mcbench.run.runner import RunSpec, build, build_group
 
 CPU = torch.device("cpu")
 HOST_READS = {

@@ -10,20 +10,21 @@ import dataclasses
 import gzip
 import math
 import pickle
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from mcbench import classifier as clf_mod
 from mcbench.datasets import DATASETS, get_dataset
+from mcbench.datasets import classifier as clf_mod
 from mcbench.datasets.images import as_images, load_celeba, load_cifar10, save_grid
 from mcbench.datasets.mnist import IDX_FILES, MNIST, load_mnist
 from mcbench.datasets.stacked_mnist import N_MODES, N_STACKED, StackedMNIST, build_triples
 from mcbench.errors import McbenchError
+from mcbench.methods.blocks.nets import ConvCritic, DCGANFamily, JointMLP
 from mcbench.metrics.stacked import mode_metrics, stack_labels
-from mcbench.nets import ConvCritic, DCGANFamily, JointMLP
-from mcbench.protocol import PROTOCOLS, ImageProtocol, get_protocol, make_problem
+from mcbench.plugin.protocol import PROTOCOLS, ImageProtocol, get_protocol, make_problem
 
 # -- fixtures -----------------------------------------------------------------------------
 
@@ -185,7 +186,8 @@ def test_stacked_evaluation_counts_true_modes(tmp_path, monkeypatch):
     write_idx(tmp_path / "mnist", n_train=100, n_test=40)
     ds = StackedMNIST(folder=tmp_path / "mnist", n=3000)
     pool, pool_labels = ds.source().pooled()
-    monkeypatch.setattr(clf_mod, "get_classifier", lambda src: OracleClassifier(pool, pool_labels))
+    module = sys.modules[StackedMNIST.__module__]  # the package re-exports a same-named function
+    monkeypatch.setattr(module, "get_classifier", lambda src: OracleClassifier(pool, pool_labels))
     idx = torch.arange(3000)
     real = ds.gather(idx).float() / 255
     got = ds.evaluate(real.numpy())
@@ -378,7 +380,7 @@ def test_make_problem_picks_builders_by_family():
 def test_every_method_steps_on_images(tmp_path):
     """Each registered method takes a generator update on Stacked MNIST (batch 8) through
     the image protocol, unchanged, and samples images in [0, 1]."""
-    from mcbench.registry import methods, resolve
+    from mcbench.plugin.registry import methods, resolve
 
     write_idx(tmp_path / "mnist", n_train=40, n_test=10)
     ds = StackedMNIST(folder=tmp_path / "mnist", n=200)

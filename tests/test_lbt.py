@@ -13,13 +13,13 @@ from torch import nn
 
 import mcbench.methods.lbt as lbt_mod
 from mcbench.errors import McbenchError
-from mcbench.method import Problem
+from mcbench.methods.blocks.nets import MLPFamily
+from mcbench.methods.blocks.unroll import AdamState, bind, unroll
+from mcbench.methods.blocks.vae import VAE
 from mcbench.methods.lbt import LBT
 from mcbench.methods.lbt_gan import LBTGAN
 from mcbench.methods.lbt_implicit import LBTImplicit, implicit_hypergradient
-from mcbench.nets import MLPFamily
-from mcbench.unroll import AdamState, bind, unroll
-from mcbench.vae import VAE
+from mcbench.plugin.method import Problem
 
 METHODS = [LBT, LBTGAN, LBTImplicit]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcbench.registry import methods
-from mcbench.runner import RunSpec, build
+from mcbench.plugin.registry import methods
+from mcbench.run.runner import RunSpec, build
 
 STEPS = 2
 

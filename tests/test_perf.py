@@ -11,14 +11,14 @@ import csv
 import json
 import math
 
+import perf
 import pytest
 import torch
 
-from mcbench import perf
 from mcbench.errors import McbenchError
-from mcbench.protocol import MIXTURE2D
-from mcbench.runner import RunSpec, build
-from mcbench.suite import load_suite
+from mcbench.plugin.protocol import MIXTURE2D
+from mcbench.run.runner import RunSpec, build
+from mcbench.run.suite import load_suite
 
 CPU = torch.device("cpu")
 
@@ -122,7 +122,7 @@ def test_bad_options_fail_with_one_line(capsys):
     assert perf.main(["--methods", "no-such-method", "--sections", "methods"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3
-    assert all(line.startswith("mcbench.perf: error:") for line in err)
+    assert all(line.startswith("perf: error:") for line in err)
 
 
 def test_whole_run_tiny(tmp_path):
@@ -242,8 +242,8 @@ def test_time_alternating_order():
 def test_group_update_flops_count_batched_matmuls():
     """FlopCounterMode counts bmm/baddbmm: an R-replica GAN update is R x the analytic
     count of one update, and one StackedLinear is R x a Linear."""
-    from mcbench.replicas import StackedLinear
-    from mcbench.runner import build_group
+    from mcbench.plugin.replicas import StackedLinear
+    from mcbench.run.runner import build_group
 
     p = MIXTURE2D
     m, _, _ = build_group([RunSpec("gan", "ring", s, 1, 1, 1) for s in range(2)], CPU)
@@ -368,4 +368,4 @@ def test_replica_and_graph_options_fail_with_one_line(capsys):
     assert perf.main(["--replicas-list", "2,2"]) == 2
     assert perf.main(["--sections", "replicas", "--replica-methods", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("mcbench.perf: error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("perf: error:") for line in err)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mcbench import registry
 from mcbench.errors import McbenchError
-from mcbench.method import Method
+from mcbench.plugin import registry
+from mcbench.plugin.method import Method
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_entry_point_plugin_is_found(tmp_path, monkeypatch, fresh_registry):
     pkg.mkdir()
     (pkg / "__init__.py").write_text(
         textwrap.dedent("""
-        from mcbench.method import Method
+        from mcbench.plugin.method import Method
 
         class External(Method):
             name = "external-gan"
@@ -100,7 +100,7 @@ def test_selectors_and_unknown_names(fresh_registry):
 
 
 def test_all_means_one_name_per_distinct_configuration():
-    from mcbench.suite import load_suite
+    from mcbench.run.suite import load_suite
 
     names = {s.method for s in load_suite("smoke").specs}
     assert "pacgan2" in names and "pacgan" not in names  # pacgan's default is m=2

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mcbench import results as res
-from mcbench.graphs import capture_step, generators
+from mcbench.methods.blocks.nets import DCGANFamily, DCGANSpec, MLPFamily
 from mcbench.methods.gan import GAN
-from mcbench.nets import DCGANFamily, DCGANSpec, MLPFamily
-from mcbench.registry import MethodEntry, methods
-from mcbench.replicas import LoopStacked, clip_grad_norm_, replica_builder, replica_state
-from mcbench.runner import (
+from mcbench.plugin.registry import MethodEntry, methods
+from mcbench.plugin.replicas import LoopStacked, clip_grad_norm_, replica_builder, replica_state
+from mcbench.run import store as res
+from mcbench.run.graphs import capture_step, generators
+from mcbench.run.runner import (
     RunSpec,
     build,
     build_group,
@@ -22,7 +22,7 @@ from mcbench.runner import (
     run_group,
     train_group,
 )
-from mcbench.suite import default_jobs, group_runs
+from mcbench.run.suite import default_jobs, group_runs
 
 CPU = torch.device("cpu")
 
@@ -114,7 +114,7 @@ def test_group_starts_where_each_sequential_run_starts():
 
 def test_replica_losses_equal_sequential_over_50_steps():
     """The issue's criterion, for the GAN (the other methods: their own test files and
-    `python -m mcbench.replica_check`)."""
+    `python benchmarks/tools/replica_check.py`)."""
     group, _, _ = build_group(specs(), CPU)
     grouped = [group.step(group.problem.sample_real(512)) for _ in range(50)]
     for r, spec in enumerate(specs()):
@@ -262,7 +262,7 @@ def test_captured_steps_equal_eager_steps_on_cuda():
 def test_unrolled_adam_with_a_device_step_count_matches_the_int_one():
     """Capturable optimisers keep Adam's step count as a tensor (no host sync inside a
     CUDA graph); the differentiable Adam step computes the same update from it."""
-    from mcbench.unroll import AdamState, adam_step
+    from mcbench.methods.blocks.unroll import AdamState, adam_step
 
     p = {"w": torch.randn(4, 3, dtype=torch.float64)}
     g = {"w": torch.randn(4, 3, dtype=torch.float64)}

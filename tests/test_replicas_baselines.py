@@ -13,17 +13,17 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from mcbench.losses import d_loss
-from mcbench.method import Method, Problem
 from mcbench.methods.ali import ALI
+from mcbench.methods.blocks.losses import d_loss
+from mcbench.methods.blocks.nets import DCGANFamily, DCGANSpec, MLPFamily
+from mcbench.methods.blocks.unroll import AdamState, unroll
 from mcbench.methods.gan_si import GANSI, sig_loss
 from mcbench.methods.pacgan import PacGAN, pack
 from mcbench.methods.unrolled_gan import UnrolledGAN
 from mcbench.methods.veegan import VEEGAN
-from mcbench.nets import DCGANFamily, DCGANSpec, MLPFamily
-from mcbench.replicas import replica_builder, replica_state
-from mcbench.runner import RunSpec, build, build_group
-from mcbench.unroll import AdamState, unroll
+from mcbench.plugin.method import Method, Problem
+from mcbench.plugin.replicas import replica_builder, replica_state
+from mcbench.run.runner import RunSpec, build, build_group
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1, 2)

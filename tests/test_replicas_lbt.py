@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcbench.method import Problem
+from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.methods.lbt import LBT
 from mcbench.methods.lbt_gan import LBTGAN
 from mcbench.methods.lbt_implicit import LBTImplicit, conjugate_gradient, replica_dot
-from mcbench.nets import MLPFamily
-from mcbench.replicas import per_replica_sum, replica_builder, replica_state
+from mcbench.plugin.method import Problem
+from mcbench.plugin.replicas import per_replica_sum, replica_builder, replica_state
 
 CPU = torch.device("cpu")
 SEEDS = (0, 1, 2)

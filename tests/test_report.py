@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from check_report_html import check, find_chromium
 
-from mcbench import report
-from mcbench.check_report_html import check, find_chromium
 from mcbench.cli import main
 from mcbench.errors import McbenchError
+from mcbench.report import build as report
 
 # Final values per (method, seed): means and stds below follow from them by hand.
 FINAL = {
@@ -268,7 +268,7 @@ def test_density_samples_come_from_the_saved_generator(tiny_results):
     """The density figure samples load_method(run).sample: same weights, same numbers."""
     import torch
 
-    from mcbench.runner import generate, load_method
+    from mcbench.run.runner import generate, load_method
 
     run = report.res.run_dirs(tiny_results)[0]
     m1, m2 = load_method(run), load_method(run)
@@ -340,7 +340,7 @@ def test_results_csv_alone_is_enough(tiny_results, tmp_path, capsys):
 
 def test_density_image_keeps_mass_and_orientation():
     """x runs along columns and y along rows (imshow origin="lower"); smoothing keeps mass."""
-    from mcbench import figures
+    from mcbench.report import figures
 
     x = np.tile([[0.5, -0.5]], (1000, 1))
     img = figures._density_image(x, (-1.0, 1.0, -1.0, 1.0), sigma=2.0)
@@ -356,7 +356,7 @@ def test_depth_study_folder_with_its_own_plots(tmp_path):
     found without --unroll-study."""
     import matplotlib.pyplot as plt
 
-    from mcbench import figures
+    from mcbench.report import figures
 
     study = tmp_path / "depth_study"
     study.mkdir()

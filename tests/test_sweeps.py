@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from mcbench import registry
-from mcbench import results as res
 from mcbench.cli import main
 from mcbench.methods.gan import GAN
-from mcbench.registry import MethodEntry, methods
-from mcbench.runner import RunSpec, run, train
-from mcbench.suite import load_suite, run_specs
+from mcbench.plugin import registry
+from mcbench.plugin.registry import MethodEntry, methods
+from mcbench.run import store as res
+from mcbench.run.runner import RunSpec, run, train
+from mcbench.run.suite import load_suite, run_specs
 
 SPEC = RunSpec("gan", "ring", 0, steps=20, eval_every=5, eval_samples=1000)
 
@@ -289,7 +289,7 @@ def test_a_run_held_by_another_process_is_not_trained_twice(tmp_path):
 
 
 def test_gpu_slots_give_concurrent_runs_different_devices(tmp_path, monkeypatch):
-    from mcbench import suite
+    from mcbench.run import suite
 
     monkeypatch.setattr(suite, "_device_slot_dir", lambda: tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -339,7 +339,7 @@ def test_local_dask_cluster_runs_the_smoke_suite(tmp_path, capsys):
 
 def test_unreachable_scheduler_is_one_line_error(tmp_path, capsys, monkeypatch):
     pytest.importorskip("distributed")
-    from mcbench import suite
+    from mcbench.run import suite
 
     monkeypatch.setattr(suite, "CONNECT_TIMEOUT", "1s")
     argv = ["run", "--suite", "smoke", "--scheduler", "tcp://127.0.0.1:9", "--out",

@@ -248,7 +248,7 @@ code {{ background: #f3f3f3; padding: 0 0.2em; }}
 <body data-js-errors="">
 {body}
 <script>
-// Read back by mcbench.check_report_html: figures decoded and script errors, after load.
+// Read back by check_report_html: figures decoded and script errors, after load.
 window.addEventListener("error", function (e) {{
   document.body.dataset.jsErrors += (e.message || "error") + "; ";
 }});

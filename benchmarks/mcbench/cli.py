@@ -24,8 +24,8 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_list(args: argparse.Namespace) -> None:
     from mcbench.datasets import DATASETS, get_dataset
-    from mcbench.registry import methods
-    from mcbench.suite import suite_description, suite_names
+    from mcbench.plugin.registry import methods
+    from mcbench.run.suite import suite_description, suite_names
 
     reg = methods()
     data = {
@@ -87,8 +87,8 @@ def _seed(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from mcbench.report import load, markdown
-    from mcbench.suite import build_suite, default_jobs, load_suite, run_specs
+    from mcbench.report.build import load, markdown
+    from mcbench.run.suite import build_suite, default_jobs, load_suite, run_specs
 
     budget = {"steps": args.steps, "eval_every": args.eval_every, "eval_samples": args.eval_samples}
     if args.suite:
@@ -155,7 +155,7 @@ class RunsFailed(Exception):
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from mcbench.progress import format_status, status
+    from mcbench.run.status import format_status, status
 
     st = status(Path(args.results_dir))
     if args.json:
@@ -198,7 +198,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from mcbench import report
+    from mcbench.report import build as report
 
     report.run(args)
 
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="tables and figures from a results folder")
-    from mcbench import report
+    from mcbench.report import build as report
 
     report.add_arguments(s)
     s.set_defaults(func=cmd_report)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcbench.datasets.images import cache_root
-from mcbench.datasets.mnist import MnistSource
+from mcbench.datasets.mnist_source import MnistSource
 
 CLASSIFIER_VERSION = 1
 PREDICT_CHUNK = 256  # small chunks stay in cache: 3x faster than 8192 on one CPU core

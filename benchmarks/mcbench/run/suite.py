@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from mcbench import results as res
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
-from mcbench.protocol import get_protocol
-from mcbench.registry import distinct_methods, methods, parse_selector, resolve
-from mcbench.runner import RunSpec, default_device, finished, groupable, run_group
+from mcbench.plugin.protocol import get_protocol
+from mcbench.plugin.registry import distinct_methods, methods, parse_selector, resolve
+from mcbench.run import store as res
+from mcbench.run.runner import RunSpec, default_device, finished, groupable, run_group
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,7 +62,7 @@ class Suite:
 
 
 def suite_names() -> list[str]:
-    files = resources.files("mcbench.suites")
+    files = resources.files("mcbench.run.suites")
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".toml"))
 
 
@@ -73,7 +73,7 @@ def _read(name_or_path: str) -> tuple[str, dict[str, Any]]:
             raise McbenchError(f"suite file {name_or_path} does not exist")
         text, name = path.read_text(), path.stem
     elif name_or_path in suite_names():
-        text = resources.files("mcbench.suites").joinpath(f"{name_or_path}.toml").read_text()
+        text = resources.files("mcbench.run.suites").joinpath(f"{name_or_path}.toml").read_text()
         name = name_or_path
     else:
         raise McbenchError(
@@ -403,7 +403,7 @@ def run_specs(
     on the Dask cluster at `scheduler`; rebuild results.csv as runs land. Seeds of one
     configuration train together as replicas, at most `replicas` a unit (see
     `group_runs`; 1: one run at a time). `graphs`: capture each update as a CUDA graph
-    on CUDA devices (mcbench.graphs).
+    on CUDA devices (mcbench.run.graphs).
 
     Returns one outcome per run (finished earlier ones marked ``skipped``). A run that
     fails is recorded and the others go on; only this process writes results.csv.

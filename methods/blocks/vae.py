@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mcbench.errors import McbenchError
-from mcbench.method import Problem, Rng
+from mcbench.plugin.method import Problem, Rng
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from mcbench.errors import McbenchError
-from mcbench.method import Method
+from mcbench.plugin.method import Method
 
 ENTRY_POINT_GROUP = "mcbench.methods"
 

@@ -1,7 +1,7 @@
 """Performance of the harness on this machine, as ratios measured in one run (issue 8).
 
 Sections (each can be chosen with --sections):
-  overhead    the harness's GAN step (mcbench.runner.train: registry method on ring, the
+  overhead    the harness's GAN step (mcbench.run.runner.train: registry method on ring, the
               runner's real-data sampling, timing and loss checks) against a bare
               hand-written PyTorch loop doing the same step (same nets, Adam, batch).
               Per-step cost of each is the marginal cost T(warmup + steps) - T(warmup)
@@ -18,7 +18,7 @@ Sections (each can be chosen with --sections):
               torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions), so
               achieved FLOP/s as a fraction of the peak; and what one evaluation costs
               (generating --eval-samples samples and the method's diagnostics).
-  replicas    one update of an R-replica group (mcbench.runner.build_group: R seeds
+  replicas    one update of an R-replica group (mcbench.run.runner.build_group: R seeds
               trained together) against R updates of the single-seed run, for each
               --replica-methods method whose class has `replicas = True` and each R in
               --replicas-list; interleaved, medians: ms per seed-update of each, the
@@ -26,7 +26,7 @@ Sections (each can be chosen with --sections):
               this section therefore also measures). Target (issue 8): with replicas,
               the GAN and LBT steps reach at least 0.5 of the matmul peak on CPU.
   graphs      one update replayed from a captured CUDA graph
-              (mcbench.graphs.capture_step) against the eager update, for
+              (mcbench.run.graphs.capture_step) against the eager update, for
               --graph-methods at each R in --graph-replicas; CUDA only (on a CPU the
               section says it was not measured). Target: an LBT update (K=5, M=15)
               in at most 10 ms.
@@ -40,7 +40,7 @@ Sections (each can be chosen with --sections):
 
 Writes perf.json (raw numbers, settings, device), perf.csv and perf.md to --out.
 
-    python -m mcbench.perf --out results/reference/perf
+    python benchmarks/tools/perf.py --out results/reference/perf
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
-from mcbench.protocol import MIXTURE2D
-from mcbench.registry import methods, resolve
-from mcbench.runner import (
+from mcbench.plugin.protocol import MIXTURE2D
+from mcbench.plugin.registry import methods, resolve
+from mcbench.run.runner import (
     RunSpec,
     build,
     build_group,
@@ -145,7 +145,7 @@ class BareGAN:
     """The GAN step written by hand in plain PyTorch: what the harness is compared with.
 
     Same nets (the 2-D protocol's MLPs), losses, Adam settings, batch and ring data as
-    `mcbench.runner.train` running ``gan`` on ``ring``; none of the harness's code.
+    `mcbench.run.runner.train` running ``gan`` on ``ring``; none of the harness's code.
     """
 
     def __init__(self, device: torch.device, seed: int = 0) -> None:
@@ -199,7 +199,7 @@ HARNESS_EVAL_SAMPLES = 1_000  # the runner evaluates once at the end; it cancels
 
 
 def harness_run(steps: int, device: torch.device) -> float:
-    """Seconds for `mcbench.runner.train` to run ``gan`` on ``ring`` for `steps` updates
+    """Seconds for `mcbench.run.runner.train` to run ``gan`` on ``ring`` for `steps` updates
     (one evaluation, of few samples, at the end)."""
     spec = RunSpec("gan", "ring", 0, steps, steps, HARNESS_EVAL_SAMPLES)
     t0 = now(device)
@@ -523,11 +523,11 @@ def add_replica_fractions(section: dict[str, Any], peak: float) -> None:
 
 
 def load_capture_step() -> tuple[Callable[..., Any] | None, str]:
-    """`mcbench.graphs.capture_step`, or None and why not (the module may not exist)."""
+    """`mcbench.run.graphs.capture_step`, or None and why not (the module may not exist)."""
     try:
-        from mcbench.graphs import capture_step
+        from mcbench.run.graphs import capture_step
     except ImportError as exc:
-        return None, f"mcbench.graphs.capture_step is not available ({exc})"
+        return None, f"mcbench.run.graphs.capture_step is not available ({exc})"
     return capture_step, ""
 
 
@@ -571,7 +571,7 @@ def measure_graphs(
     """Per update: the eager step (the method as built without graphs) against the
     replay of its captured graph (built with capturable optimisers, `warmup` eager
     updates, captured, `warmup` replays), blocks alternating. Nothing is measured on a
-    CPU, nor where `mcbench.graphs` is missing; an entry whose capture is impossible
+    CPU, nor where `mcbench.run.graphs` is missing; an entry whose capture is impossible
     says so. `capture` stands in for capture_step (tests)."""
     out: dict[str, Any] = {"device": str(device), "dataset": dataset, "measured": False}
     out["target_ms"] = LBT_GRAPH_TARGET_MS
@@ -593,7 +593,7 @@ def measure_graphs(
             graph_m = build_for(sel, dataset, r, device, capturable=device.type == "cuda")
             eager, before = _updater(eager_m), _updater(graph_m)
             if device.type == "cuda":  # the recipe: warm up on a side stream
-                from mcbench.graphs import side_stream_step
+                from mcbench.run.graphs import side_stream_step
 
                 warm, gn = side_stream_step(graph_m), graph_m.problem.batch_size
 
@@ -666,7 +666,7 @@ def project_suite(
 
     `replica_step_s` (method -> R -> seconds per seed-update with R replicas) adds a
     second projection under "replicas", see `project_replicas`."""
-    from mcbench.suite import load_suite
+    from mcbench.run.suite import load_suite
 
     s = load_suite(suite)
     runs = []
@@ -727,11 +727,11 @@ def project_replicas(
     specs: list[RunSpec], runs: list[dict[str, Any]], replica_step_s: dict[str, dict[int, float]]
 ) -> dict[str, Any]:
     """The projection with seeds trained together: the suite's units of work
-    (mcbench.suite.group_runs, the runner's grouping) give each run its R; a method
+    (mcbench.run.suite.group_runs, the runner's grouping) give each run its R; a method
     measured by the replicas section trains at its per seed-update cost at that R (or
     the nearest measured R); any other method, or a unit of one run, at its sequential
     cost. Evaluations keep their sequential cost (not measured with replicas)."""
-    from mcbench.suite import group_runs
+    from mcbench.run.suite import group_runs
 
     unit_size = {s.run_name(): len(u) for u in group_runs(specs) for s in u}
     per_method: dict[str, dict[str, Any]] = {}
@@ -798,7 +798,7 @@ def run_workers(
     """Start `processes` workers of `threads` threads each; once all are warm they start
     together. Throughput: the sum of each worker's updates per second."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "mcbench.perf", "--worker", "--threads", str(threads)]
+    cmd = [sys.executable, __file__, "--worker", "--threads", str(threads)]
     cmd += ["--worker-seconds", str(seconds), "--method-warmup", str(warmup)]
     cmd += ["--dataset", dataset]
     procs = [
@@ -960,7 +960,7 @@ def markdown(res: dict[str, Any]) -> str:
             "| loop | ms per update |",
             "|---|---|",
             f"| bare PyTorch loop | {_fmt(o['ms_median']['bare'])} |",
-            f"| harness (mcbench.runner.train) | {_fmt(o['ms_median']['harness'])} |",
+            f"| harness (mcbench.run.runner.train) | {_fmt(o['ms_median']['harness'])} |",
             f"| **ratio harness / bare** | **{o['ratio_median']:.3f}** "
             f"(target <= {o['target']:.2f}; per repetition: "
             f"{', '.join(f'{r:.3f}' for r in o['ratios'])}) |",
@@ -1084,8 +1084,8 @@ def _replicas_md(rs: dict[str, Any], threads: int) -> list[str]:
         f"## Replicas: R seeds in one update against R sequential updates "
         f"({rs['dataset']}, {rs['device']}, {threads} thread(s))",
         "",
-        "One update of an R-replica group (mcbench.runner.build_group, seeds 0..R-1) against "
-        "R consecutive updates of the single-seed run (mcbench.runner.build, seed 0), "
+        "One update of an R-replica group (mcbench.run.runner.build_group, seeds 0..R-1) against "
+        "R consecutive updates of the single-seed run (mcbench.run.runner.build, seed 0), "
         f"alternating which goes first, after {rs['warmup']} warm-up update(s) of each; "
         "medians over the timed updates (column 'timed': group updates, each paired with R "
         "sequential ones); speed-up = median of the per-update ratios sequential / group. "
@@ -1132,7 +1132,7 @@ def _graphs_md(g: dict[str, Any]) -> list[str]:
         return [*out, f"Not measured: {g['reason']} (this run: {g['device']}).", ""]
     out += [
         f"On {g['dataset']}, {g['device']}: eager `method.step` (built as without graphs) "
-        "against the replay of mcbench.graphs.capture_step (built with capturable "
+        "against the replay of mcbench.run.graphs.capture_step (built with capturable "
         f"optimisers, captured after {max(1, g['warmup'])} eager updates), a fresh real "
         f"batch per update; {g['reps']} alternating blocks of {g['steps']} updates after "
         "warm-up (median); speed-up = median of per-block ratios eager / graph.",
@@ -1168,7 +1168,7 @@ def _projection_replicas_md(p: dict[str, Any], replicas_ran: bool) -> list[str]:
     out = [
         "### With replicas",
         "",
-        "The same runs with each unit of seeds (mcbench.suite.group_runs) trained together: "
+        "The same runs with each unit of seeds (mcbench.run.suite.group_runs) trained together: "
         "updates x the replicas section's cost per seed-update at the unit's R (or the "
         "nearest measured R), next to the methods section's sequential cost per update "
         "(timed apart: the replicas section's paired speed-ups are the closer comparison); "
@@ -1227,7 +1227,9 @@ def write_outputs(res: dict[str, Any], out: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m mcbench.perf", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python benchmarks/tools/perf.py", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--out", type=Path, default=Path("results/reference/perf"))
     ap.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -1317,7 +1319,7 @@ def _selectors(text: str) -> list[str]:
 
 
 def _log(msg: str) -> None:
-    print(f"mcbench.perf: {msg}", file=sys.stderr, flush=True)
+    print(f"perf: {msg}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -1334,7 +1336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
         "device": device_info(device),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "command": " ".join(["python -m mcbench.perf", *args.argv]),
+        "command": " ".join(["python benchmarks/tools/perf.py", *args.argv]),
         "sections": {},
         "section_seconds": {},
     }
@@ -1364,7 +1366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     suite_selectors: list[str] = []
     if "projection" in secs:
-        from mcbench.suite import load_suite
+        from mcbench.run.suite import load_suite
 
         suite_selectors = sorted({s.method for s in load_suite(args.suite).specs})
     if "methods" in secs:
@@ -1477,7 +1479,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run(args)
         write_outputs(res, args.out)
     except McbenchError as exc:
-        print(f"mcbench.perf: error: {exc}", file=sys.stderr)
+        print(f"perf: error: {exc}", file=sys.stderr)
         return 2
     _log(f"wrote {args.out}/perf.md, perf.csv, perf.json")
     return 0

@@ -2,7 +2,7 @@
 
 Outside the default test paths; run explicitly (CPU here, the GPU where there is one):
 
-    pytest benchmarks/test_bench_depth.py --benchmark-enable --benchmark-group-by=param:method
+    pytest benchmarks/tools/test_bench_depth.py --benchmark-enable --benchmark-group-by=param:method
 
 Each point builds the method on `ring` under the common protocol (batch 512), takes two
 warm-up updates, then times single updates. On CUDA the peak memory of the timed updates
@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mcbench.registry import methods
-from mcbench.runner import RunSpec, build, default_device
+from mcbench.plugin.registry import methods
+from mcbench.run.runner import RunSpec, build, default_device
 
 KS = [1, 2, 5, 10, 20]
 METHODS = ["lbt", "lbt-gan", "unrolled-gan", "lbt-implicit"]

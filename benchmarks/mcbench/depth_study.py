@@ -35,8 +35,8 @@ import pandas as pd
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.registry import methods
-from mcbench.runner import RunSpec, build, cpu_model, default_device, derive_seed, generate
+from mcbench.plugin.registry import methods
+from mcbench.run.runner import RunSpec, build, cpu_model, default_device, derive_seed, generate
 
 STUDY_METHODS = ("lbt", "lbt-gan", "unrolled-gan", "lbt-implicit")
 # Methods without an unroll depth: measured once, shown as K = 0 and as a flat reference.

@@ -27,8 +27,8 @@ import seaborn as sns
 from matplotlib.colors import PowerNorm
 from scipy.ndimage import gaussian_filter
 
-from mcbench.document import Figure, Table, frame_table
-from mcbench.report import method_key, sort_methods
+from mcbench.report.build import method_key, sort_methods
+from mcbench.report.document import Figure, Table, frame_table
 
 # Metrics drawn as curves, in panel order, and those on a log axis (LBT Fig. 2 b, e).
 CURVE_ORDER = [
@@ -137,7 +137,7 @@ def density(results, out_dir: Path, opts, palette) -> Figure | None:
     import torch
 
     from mcbench.datasets import get_dataset
-    from mcbench.runner import derive_seed, generate, load_method
+    from mcbench.run.runner import derive_seed, generate, load_method
 
     rows = []
     families = results.runs.groupby("dataset")["family"].first().to_dict()

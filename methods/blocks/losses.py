@@ -1,7 +1,7 @@
 """GAN losses shared by every adversarial method, written once on logits.
 
 Logits are (n, k) for one seed, giving a scalar loss, or (R, n, k) with replicas,
-giving one loss per replica (see mcbench.replicas).
+giving one loss per replica (see mcbench.plugin.replicas).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Replicas against sequential runs: every method's losses over its first 50 updates.
 
-    python -m mcbench.replica_check [--steps 50] [--replicas 3] [--out DIR]
+    python benchmarks/tools/replica_check.py [--steps 50] [--replicas 3] [--out DIR]
 
 For each method written for replicas, R seeds train as one replica group and, one after
 another, as R sequential runs; every logged loss of every replica at every update is
@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.graphs import capture_step, side_stream_step
-from mcbench.registry import methods
-from mcbench.runner import GRAPH_WARMUP, RunSpec, build, build_group, default_device
+from mcbench.plugin.registry import methods
+from mcbench.run.graphs import capture_step, side_stream_step
+from mcbench.run.runner import GRAPH_WARMUP, RunSpec, build, build_group, default_device
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -65,7 +65,9 @@ def compare(name: str, dataset: str, seeds: list[int], steps: int, device, graph
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mcbench.replica_check", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python benchmarks/tools/replica_check.py", description=__doc__
+    )
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--replicas", type=int, default=3)
     ap.add_argument("--dataset", default="ring")
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
         "Times include building the nets; the group's and the sequential runs' updates ran "
-        "one after the other in this process (see `python -m mcbench.perf` for timings).",
+        "one after the other in this process (see `python benchmarks/tools/perf.py` for timings).",
         "",
     ]
     name = "equivalence-float64" if args.float64 else "equivalence"

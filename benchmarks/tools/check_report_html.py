@@ -1,7 +1,7 @@
 """Open a report.html in headless Chromium: no script errors, every figure decoded, and a
 screenshot to look at.
 
-    python -m mcbench.check_report_html REPORT.html [--screenshot shot.png]
+    python benchmarks/tools/check_report_html.py REPORT.html [--screenshot shot.png]
 
 The page records, on its load event, how many images decoded (naturalWidth > 0) and any
 script error in attributes of <body>; Chromium's --dump-dom prints the DOM after load,

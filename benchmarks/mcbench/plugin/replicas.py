@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from mcbench.nets import JointMLP, Reshape
+from mcbench.methods.blocks.nets import JointMLP, Reshape
 
 ELEMENTWISE = (nn.Tanh, nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Identity)
 

@@ -69,11 +69,11 @@ class Problem:
     estimator_hidden: tuple[int, ...] = (128, 128)
     sample_real: Callable[[int], torch.Tensor] = field(repr=False, default=None)  # type: ignore[assignment]
     family: str = "mixture2d"
-    # None: one seed, tensors (n, ...). R: R seeds trained together (mcbench.replicas),
+    # None: one seed, tensors (n, ...). R: R seeds trained together (mcbench.plugin.replicas),
     # `rng` a list of R generators, nets and tensors with a leading dimension R.
     replicas: int | None = None
     # Optimisers keep their step on the device, so a whole update can be captured as a
-    # CUDA graph (mcbench.graphs); off by default (it is slower eagerly).
+    # CUDA graph (mcbench.run.graphs); off by default (it is slower eagerly).
     capturable: bool = False
 
     @property
@@ -122,7 +122,7 @@ class Problem:
         if self.replicas is None:
             torch.nn.utils.clip_grad_norm_(params, max_norm)
         else:
-            from mcbench.replicas import clip_grad_norm_
+            from mcbench.plugin.replicas import clip_grad_norm_
 
             clip_grad_norm_(params, max_norm)
 

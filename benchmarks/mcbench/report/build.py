@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mcbench import results as res
-from mcbench.document import Cell, Document, Figure, Table, cells, frame_table
 from mcbench.errors import McbenchError
+from mcbench.report.document import Cell, Document, Figure, Table, cells, frame_table
+from mcbench.run import store as res
 
 # Direction that is better, per metric name (metrics not listed have none).
 DIRECTIONS: dict[str, str] = {
@@ -451,7 +451,7 @@ def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error:
 
 def published() -> pd.DataFrame:
     """The published numbers of PROTOCOLS.md, with their sources (benchmarks/published.csv)."""
-    text = resources.files("mcbench").joinpath("published.csv").read_text()
+    text = resources.files("mcbench.report").joinpath("published.csv").read_text()
     from io import StringIO
 
     df = pd.read_csv(StringIO(text), comment="#", dtype={"match_params": str, "setting": str})
@@ -471,7 +471,7 @@ def _same(a: Any, b: str) -> bool:
 
 def method_identity(results: Results) -> dict[tuple[str, str], tuple[str, dict]]:
     """(method label, dataset) -> (method class, hyperparameters) of its first run."""
-    from mcbench.registry import parse_selector
+    from mcbench.plugin.registry import parse_selector
 
     out = {}
     for r in results.runs.itertuples():
@@ -815,7 +815,7 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
         tables.append(t)
     figures: list[Figure] = []
     if opts.figures:
-        from mcbench import figures as figs
+        from mcbench.report import figures as figs
 
         made = figs.all_figures(results, fig_dir, opts, families)
         doc.heading("Figures")
@@ -826,7 +826,7 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
             results.notes.append(note)
         figs.NOTES.clear()
     if opts.unroll_study is not None or (study := _find_study(results)) is not None:
-        from mcbench import figures as figs
+        from mcbench.report import figures as figs
 
         path = opts.unroll_study or study
         doc.heading("Unroll-depth study")

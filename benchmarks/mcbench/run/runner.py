@@ -27,14 +27,14 @@ import pandas as pd
 import torch
 
 import mcbench
-from mcbench import results as res
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
-from mcbench.graphs import capture_step, side_stream_step
-from mcbench.method import rng_state, set_rng_state
-from mcbench.protocol import get_protocol, make_problem
-from mcbench.registry import resolve
-from mcbench.replicas import replica_state
+from mcbench.plugin.method import rng_state, set_rng_state
+from mcbench.plugin.protocol import get_protocol, make_problem
+from mcbench.plugin.registry import resolve
+from mcbench.plugin.replicas import replica_state
+from mcbench.run import store as res
+from mcbench.run.graphs import capture_step, side_stream_step
 
 EVAL_CHUNK = 65_536
 GRAPH_WARMUP = 3  # eager updates before a step is captured (optimiser states exist)
@@ -307,7 +307,7 @@ def train_group(
     others go on). `step_time_ms` is the group's time per update divided by the number
     of replicas: the cost of one seed's update. With `graphs` on a CUDA device, after
     GRAPH_WARMUP eager updates the update is captured as a CUDA graph and replayed
-    (mcbench.graphs); where capture is impossible or fails, training goes on eagerly.
+    (mcbench.run.graphs); where capture is impossible or fails, training goes on eagerly.
     """
     device = device or default_device()
     spec = specs[0]

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mcbench import results as res
 from mcbench.errors import McbenchError
+from mcbench.run import store as res
 
 
 def _age(seconds: float) -> str:

@@ -16,8 +16,8 @@ import torch
 
 from mcbench.datasets.base import Dataset
 from mcbench.errors import McbenchError
-from mcbench.method import Problem
-from mcbench.nets import DCGANFamily, DCGANSpec, MLPFamily
+from mcbench.methods.blocks.nets import DCGANFamily, DCGANSpec, MLPFamily
+from mcbench.plugin.method import Problem
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ def make_problem(
     """The Problem a method is built from; every net it builds lands on `device`.
 
     With lists of generators (one method and one data stream per seed) and each seed's
-    CPU init state, it is a replica problem: its nets are `mcbench.replicas` stacks,
+    CPU init state, it is a replica problem: its nets are `mcbench.plugin.replicas` stacks,
     replica r initialised as the sequential run of seed r would be.
     """
     if isinstance(protocol, ImageProtocol):
@@ -202,7 +202,7 @@ def make_problem(
         nets = MLPFamily(dataset.shape, protocol.hidden, protocol.activation)
 
     if isinstance(rng, list):
-        from mcbench.replicas import replica_builder
+        from mcbench.plugin.replicas import replica_builder
 
         if not isinstance(data_rng, list) or init_states is None:
             raise ValueError("a replica problem needs one data stream and init state per seed")

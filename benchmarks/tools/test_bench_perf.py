@@ -1,8 +1,8 @@
-"""The measurements of `python -m mcbench.perf` as pytest-benchmark benchmarks.
+"""The measurements of `python benchmarks/tools/perf.py` as pytest-benchmark benchmarks.
 
 Outside the default test paths; run explicitly, on a quiet machine:
 
-    pytest benchmarks/test_bench_perf.py --benchmark-enable --benchmark-group-by=group
+    pytest benchmarks/tools/test_bench_perf.py --benchmark-enable --benchmark-group-by=group
 
 One thread (set here), the GPU where there is one. Groups: `overhead` (whole GAN runs of
 the harness and of the bare loop, and the interleaved marginal-cost ratio in the
@@ -18,13 +18,13 @@ combine numbers or run several processes).
 
 from __future__ import annotations
 
+import perf
 import pytest
 import torch
 
-from mcbench import perf
 from mcbench.datasets import get_dataset
-from mcbench.registry import methods
-from mcbench.runner import RunSpec, build, build_group, default_device, derive_seed, generate
+from mcbench.plugin.registry import methods
+from mcbench.run.runner import RunSpec, build, build_group, default_device, derive_seed, generate
 
 RUN_STEPS = 300
 EVAL_SAMPLES = 500_000
