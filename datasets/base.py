@@ -8,6 +8,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from mcbench.errors import McbenchError
+from mcbench.metrics.registry import MetricSpec, metric_spec
+
 
 class Dataset:
     """A named data source with its own evaluation.
@@ -36,6 +39,20 @@ class Dataset:
     def metrics(self) -> tuple[str, ...]:
         """Names of the keys `evaluate` returns."""
         raise NotImplementedError
+
+    def metric_specs(self) -> tuple[MetricSpec, ...]:
+        """The declarations of `metrics()`: what each key means and how reports show it.
+        A key declared nowhere is an error here, not a silent column without a direction."""
+        specs = []
+        for name in self.metrics():
+            spec = metric_spec(name)
+            if spec is None:
+                raise McbenchError(
+                    f"dataset {self.name!r} emits {name!r}, which no MetricSpec declares "
+                    "(mcbench.metrics.registry.register_metric)"
+                )
+            specs.append(spec)
+        return tuple(specs)
 
     def info(self) -> dict[str, Any]:
         """Metadata recorded with every run (source, sizes, evaluation)."""

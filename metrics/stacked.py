@@ -18,8 +18,12 @@ import numpy as np
 import torch
 
 from mcbench.errors import McbenchError
+from mcbench.metrics.mixtures import MODES_COVERED, REVERSE_KL
+from mcbench.metrics.registry import MetricSpec
 
-MODE_METRICS: tuple[str, ...] = ("modes_covered", "reverse_kl")
+# The same names as on the 2-D mixtures, declared there once for both evaluations.
+MODE_SPECS: tuple[MetricSpec, ...] = (MODES_COVERED, REVERSE_KL)
+MODE_METRICS: tuple[str, ...] = tuple(s.name for s in MODE_SPECS)
 
 
 def stack_labels(digits: np.ndarray | torch.Tensor) -> np.ndarray:

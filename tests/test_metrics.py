@@ -120,3 +120,13 @@ def test_gaussian_kl_matches_torch_distributions():
 def test_bad_samples_are_rejected(bad):
     with pytest.raises(McbenchError):
         get_dataset("ring").evaluate(bad)
+
+
+def test_evaluation_returns_exactly_the_declared_metrics():
+    """What evaluate returns is what the dataset declares (reports read the declarations)."""
+    from mcbench.metrics import MODE_METRICS, metric_spec, mode_metrics
+
+    x, ds = exact("ring", 2000)
+    assert set(ds.evaluate(x)) == set(ds.metrics()) == {s.name for s in ds.metric_specs()}
+    assert set(mode_metrics(np.arange(10), 10)) == set(MODE_METRICS)
+    assert all(metric_spec(m) is not None for m in MODE_METRICS)

@@ -279,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="tables and figures from a results folder")
-    from mcbench.report import build as report
+    from mcbench.report import options as report_options  # light: no matplotlib
 
-    report.add_arguments(s)
+    report_options.add_arguments(s)
     s.set_defaults(func=cmd_report)
     s = sub.add_parser("study", help="unroll-depth study: time, memory and ring quality against K")
     from mcbench import depth_study

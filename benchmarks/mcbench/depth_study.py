@@ -1,15 +1,18 @@
 """The unroll-depth study: what each unrolled step costs, and what it buys.
 
-For every method with an unroll depth K (`lbt`, `lbt-gan`, `unrolled-gan` when present)
-and K in --ks:
+For every method whose class declares an unroll depth (`depth_param = "K"`: lbt, lbt-gan,
+unrolled-gan) and K in --ks, beside flat references measured once (--reference, default
+lbt-implicit: LBT without unrolling):
   cost     time per generator update (wall and CPU ms, after warm-up; CUDA synchronised)
            and the step's peak memory (CPU: growth of the process's peak RSS over the
            built model, measured in a fresh subprocess per (method, K); CUDA:
            torch.cuda.max_memory_allocated over the allocation before the steps);
   fit      least-squares line  cost = a + b K  per method: b is the cost per unrolled step;
-  quality  modes covered and high-quality share on --dataset after the same number of
-           generator updates (--steps) and after the same training time (--seconds; by
-           default what K = 5 needs for --steps), seeds --seeds.
+  quality  the dataset's metrics (tables and plots: its first two declared quality
+           metrics, on ring modes covered and high-quality share) on --dataset after the
+           same number of generator updates (--steps) and after the same training time
+           (--seconds; by default what K = 5 needs for --steps; a reference gets the
+           time of the depth method it derives from), seeds --seeds.
 Writes cost.csv, fit.csv, quality.csv, table.md, cost.png, quality.png and machine.json
 to --out. Training time on a CPU is the process's CPU time, which a shared machine
 disturbs less than wall time; on CUDA it is synchronised wall time.
@@ -34,16 +37,50 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
-from mcbench.plugin.registry import methods
+from mcbench.metrics import metric_spec
+from mcbench.plugin.registry import MethodEntry, methods
 from mcbench.run.runner import RunSpec, build, cpu_model, default_device, derive_seed, generate
 
-STUDY_METHODS = ("lbt", "lbt-gan", "unrolled-gan", "lbt-implicit")
-# Methods without an unroll depth: measured once, shown as K = 0 and as a flat reference.
-NO_DEPTH = frozenset({"lbt-implicit"})
+# Flat references: measured once (shown as K = 0 and as a horizontal line). lbt-implicit
+# is LBT with an implicit hypergradient instead of K unrolled steps.
+REFERENCES = ("lbt-implicit",)
 KS = (1, 2, 5, 10, 20)
-QUALITY_COLUMNS = ("method", "K", "seed", "budget", "steps", "train_s", "modes_covered")
-QUALITY_COLUMNS += ("high_quality_pct", "intra_mode_kl")
+RUN_COLUMNS = ("method", "K", "seed", "budget", "steps", "train_s")
+HEADLINE = 2  # quality metrics shown in table.md (the plots show the first)
+
+
+def depth_param(entry: MethodEntry) -> str | None:
+    """The hyperparameter a method's class declares as its unroll depth, if any."""
+    return getattr(entry.cls, "depth_param", None)
+
+
+def study_methods(requested: list[str] | None, references: list[str]) -> dict[str, str | None]:
+    """Method name -> its depth parameter, None for a flat reference (measured once).
+
+    Default: every registered method (not an alias) whose class declares `depth_param`,
+    then the references. A reference stays flat even if its class inherits a depth
+    parameter (lbt-implicit derives from lbt); so does a requested method without one.
+    """
+    reg = methods()
+    if requested is None:
+        deep = [n for n, e in reg.items() if n == e.cls.name and depth_param(e)]
+        requested = [n for n in deep if n not in references] + list(references)
+    return {n: None if n in references else depth_param(reg[n]) for n in requested if n in reg}
+
+
+def counterpart(name: str, study: dict[str, str | None]) -> str | None:
+    """The depth method a flat reference derives from (lbt for lbt-implicit), if any."""
+    reg = methods()
+    return next((m for m, d in study.items() if d and issubclass(reg[name].cls, reg[m].cls)), None)
+
+
+def quality_metrics(dataset: str) -> tuple[list[str], list[str]]:
+    """The dataset's metrics (all recorded) and the headline ones shown in table and plots:
+    its first declared quality metrics."""
+    specs = get_dataset(dataset).metric_specs()
+    return [s.name for s in specs], [s.name for s in specs if s.role == "quality"][:HEADLINE]
 
 
 class Clock:
@@ -60,10 +97,17 @@ class Clock:
 
 
 def measure_cost(
-    method: str, k: int, dataset: str, device: torch.device, warmup: int, steps: int
+    method: str,
+    k: int,
+    dataset: str,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    depth: str | None = "K",
 ) -> dict[str, float]:
-    """ms per generator update and the update's peak memory, in this process."""
-    params = {} if method in NO_DEPTH else {"K": k}
+    """ms per generator update and the update's peak memory, in this process; `depth`
+    is the method's depth parameter (None: a flat method, `k` unused)."""
+    params = {depth: k} if depth else {}
     m, ds, data_rng = build(RunSpec(method, dataset, 0, steps, steps, 1, params), device)
     batches = [ds.sample(m.problem.batch_size, data_rng, device) for _ in range(warmup + steps)]
     if device.type == "cuda":
@@ -93,9 +137,12 @@ def measure_cost(
     }
 
 
-def cost_in_subprocess(method: str, k: int, args: argparse.Namespace) -> dict[str, float]:
+def cost_in_subprocess(
+    method: str, k: int, depth: str | None, args: argparse.Namespace
+) -> dict[str, float]:
     """A fresh process per point, so one point's peak memory never hides another's."""
     cmd = [sys.executable, "-m", "mcbench.depth_study", "--measure", method, str(k)]
+    cmd += ["--depth-param", depth or ""]
     cmd += ["--dataset", args.dataset, "--warmup", str(args.warmup)]
     cmd += ["--time-steps", str(args.time_steps), "--threads", str(args.threads)]
     cmd += ["--device", str(args.device)]
@@ -124,11 +171,11 @@ def fit_lines(cost: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_quality(
-    method: str, k: int, seed: int, args: argparse.Namespace, seconds: float
+    method: str, k: int, depth: str | None, seed: int, args: argparse.Namespace, seconds: float
 ) -> list[dict[str, Any]]:
     """Train until both budgets are spent; evaluate where each one runs out."""
     device = args.device
-    params = {} if method in NO_DEPTH else {"K": k}
+    params = {depth: k} if depth else {}
     spec = RunSpec(method, args.dataset, seed, args.steps, args.steps, args.eval_samples, params)
     m, ds, data_rng = build(spec, device)
     clock = Clock(device)
@@ -176,18 +223,27 @@ def machine(device: torch.device, threads: int) -> dict[str, Any]:
     return info
 
 
-def plots(cost: pd.DataFrame, quality: pd.DataFrame, out: Path, time_col: str) -> None:
-    import matplotlib
+def plots(
+    cost: pd.DataFrame,
+    quality: pd.DataFrame,
+    out: Path,
+    time_col: str,
+    flat: set[str],
+    metric: str | None,
+) -> None:
+    """cost.png (time and memory against K) and quality.png (`metric` against K at
+    either budget); flat references are horizontal lines."""
+    import matplotlib  # here, not at the top: the CLI imports this module for every command
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    deep, flat = cost[~cost["method"].isin(NO_DEPTH)], cost[cost["method"].isin(NO_DEPTH)]
+    deep, ref = cost[~cost["method"].isin(flat)], cost[cost["method"].isin(flat)]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for i, col in enumerate((time_col, "peak_mem_mb")):
         sns.lineplot(deep, x="K", y=col, hue="method", marker="o", ax=ax[i])
-        for r in flat.to_dict("records"):
+        for r in ref.to_dict("records"):
             ax[i].axhline(r[col], ls="--", c="gray", label=f"{r['method']} (no K)")
         ax[i].legend()
     ax[0].set(ylabel=f"ms per generator update ({time_col.split('_')[0]})", title="time")
@@ -196,35 +252,41 @@ def plots(cost: pd.DataFrame, quality: pd.DataFrame, out: Path, time_col: str) -
     fig.savefig(out / "cost.png", dpi=120)
     plt.close(fig)
 
-    if quality.empty:
+    if quality.empty or metric is None:
         return
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for i, budget in enumerate(("steps", "seconds")):
         q = quality[quality["budget"] == budget]
         sns.lineplot(
-            q[~q["method"].isin(NO_DEPTH)],
-            x="K",
-            y="modes_covered",
-            hue="method",
-            marker="o",
-            ax=ax[i],
+            q[~q["method"].isin(flat)], x="K", y=metric, hue="method", marker="o", ax=ax[i]
         )
-        for m, g in q[q["method"].isin(NO_DEPTH)].groupby("method"):
-            ax[i].axhline(g["modes_covered"].mean(), ls="--", c="gray", label=f"{m} (no K)")
+        for m, g in q[q["method"].isin(flat)].groupby("method"):
+            ax[i].axhline(g[metric].mean(), ls="--", c="gray", label=f"{m} (no K)")
         ax[i].legend()
-        ax[i].set(title=f"same {'generator updates' if budget == 'steps' else 'training time'}")
+        ax[i].set(
+            title=f"same {'generator updates' if budget == 'steps' else 'training time'}",
+            ylabel=metric_spec(metric).label,  # declared: quality_metrics checked it
+        )
     fig.tight_layout()
     fig.savefig(out / "quality.png", dpi=120)
     plt.close(fig)
 
 
-def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, args) -> str:
+def table(
+    cost: pd.DataFrame,
+    fit: pd.DataFrame,
+    quality: pd.DataFrame,
+    info,
+    args,
+    flat: set[str],
+    headline: list[str],
+) -> str:
     t = "cpu_ms" if args.device.type == "cpu" else "wall_ms"
-    q = (
-        quality.groupby(["method", "K", "budget"])[["modes_covered", "high_quality_pct", "steps"]]
-        .mean()
-        .unstack("budget")
-    )
+    shown = [m for m in headline if m in quality.columns]
+    q = quality.groupby(["method", "K", "budget"])[[*shown, "steps"]].mean().unstack("budget")
+    labels = [metric_spec(m).label for m in shown]
+    at = [f"{lab} @{b}" for b in ("steps", "time") for lab in labels]
+    head = ["method", "K", "ms/update (wall)", "ms/update (CPU)", "peak MiB", *at]
     lines = [
         "# Unroll-depth study",
         "",
@@ -234,9 +296,8 @@ def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, ar
         f"Dataset {args.dataset}; seeds {args.seeds}; quality after {args.steps} updates and "
         f"after the same training time ({t.split('_')[0]}); {args.eval_samples} samples.",
         "",
-        "| method | K | ms/update (wall) | ms/update (CPU) | peak MiB | modes @steps | "
-        "HQ% @steps | modes @time | HQ% @time | updates @time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join([*head, "updates @time"]) + " |",
+        "|" + "---|" * (len(head) + 1),
     ]
     for r in cost.itertuples():
         key = (r.method, r.K)
@@ -245,14 +306,10 @@ def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, ar
         def g(col, budget, fmt, qq=qq):
             return fmt.format(qq[(col, budget)]) if qq is not None else "-"
 
-        lines.append(
-            f"| {r.method} | {'-' if r.method in NO_DEPTH else r.K} | {r.wall_ms:.1f} | "
-            f"{r.cpu_ms:.1f} | {r.peak_mem_mb:.1f} | "
-            f"{g('modes_covered', 'steps', '{:.1f}')} | "
-            f"{g('high_quality_pct', 'steps', '{:.1f}')} | "
-            f"{g('modes_covered', 'seconds', '{:.1f}')} | "
-            f"{g('high_quality_pct', 'seconds', '{:.1f}')} | {g('steps', 'seconds', '{:.0f}')} |"
-        )
+        values = [g(m, b, "{:.1f}") for b in ("steps", "seconds") for m in shown]
+        row = [r.method, "-" if r.method in flat else str(r.K), f"{r.wall_ms:.1f}"]
+        row += [f"{r.cpu_ms:.1f}", f"{r.peak_mem_mb:.1f}", *values, g("steps", "seconds", "{:.0f}")]
+        lines.append("| " + " | ".join(row) + " |")
     lines += [
         "",
         "Linear fit cost = a + b K (least squares over the K values above):",
@@ -271,7 +328,17 @@ def table(cost: pd.DataFrame, fit: pd.DataFrame, quality: pd.DataFrame, info, ar
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The study's options, shared by `python -m mcbench.depth_study` and a CLI command."""
-    p.add_argument("--methods", default=",".join(STUDY_METHODS))
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods (default: every method whose class declares "
+        "depth_param, then the references)",
+    )
+    p.add_argument(
+        "--reference",
+        default=",".join(REFERENCES),
+        help="comma-separated flat references, measured once (no unroll depth)",
+    )
     p.add_argument("--ks", default=",".join(map(str, KS)))
     p.add_argument("--dataset", default="ring")
     p.add_argument("--warmup", type=int, default=1, help="untimed updates per cost point")
@@ -287,6 +354,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/reference/depth_study")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--measure", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
+    p.add_argument("--depth-param", default="K", help=argparse.SUPPRESS)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -305,22 +373,36 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.measure:
         method, k = args.measure
-        res = measure_cost(method, int(k), args.dataset, args.device, args.warmup, args.time_steps)
+        res = measure_cost(
+            method,
+            int(k),
+            args.dataset,
+            args.device,
+            args.warmup,
+            args.time_steps,
+            args.depth_param or None,
+        )
         print(json.dumps(res))
         return
     ks, seeds = _ints(args.ks, "--ks"), _ints(args.seeds, "--seeds")
-    available = methods()
-    names = [m for m in args.methods.split(",") if m in available]
-    missing = sorted(set(args.methods.split(",")) - set(names))
+    requested = args.methods.split(",") if args.methods else None
+    references = [r for r in args.reference.split(",") if r]
+    study = study_methods(requested, references)
+    missing = sorted(set(requested or references) - set(study))
     if missing:
         print(f"depth_study: not available, left out: {', '.join(missing)}", file=sys.stderr)
-    if not names:
-        raise McbenchError(f"none of the methods {args.methods!r} is registered")
+    if not study:
+        raise McbenchError(f"none of the methods {args.methods or references!r} is registered")
+    names, flat = list(study), {m for m, d in study.items() if d is None}
+    recorded, headline = quality_metrics(args.dataset)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = machine(args.device, args.threads)
-    depths = {m: [0] if m in NO_DEPTH else ks for m in names}
-    cost = pd.DataFrame([cost_in_subprocess(m, k, args) for m in names for k in depths[m]])
+    info["depth_params"] = study
+    depths = {m: [0] if m in flat else ks for m in names}
+    cost = pd.DataFrame(
+        [cost_in_subprocess(m, k, study[m], args) for m in names for k in depths[m]]
+    )
     cost.to_csv(out / "cost.csv", index=False)
     fit = fit_lines(cost)
     fit.to_csv(out / "fit.csv", index=False)
@@ -328,21 +410,23 @@ def run(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     info["seconds_budget"] = {}
     if not args.skip_quality:
-        for m in names:
+        # depth methods first: a reference takes the time budget of the one it derives from
+        for m in sorted(names, key=lambda m: m in flat):
             ref = cost[(cost["method"] == m)].set_index("K")[time_col]
             seconds = args.seconds or args.steps * float(ref.get(5, ref.median())) / 1000
-            if m in NO_DEPTH and "lbt" in info["seconds_budget"] and not args.seconds:
-                seconds = info["seconds_budget"]["lbt"]  # the same time as lbt's K = 5
+            base = counterpart(m, study) if m in flat else None
+            if base in info["seconds_budget"] and not args.seconds:
+                seconds = info["seconds_budget"][base]  # the same time as its K = 5
             info["seconds_budget"][m] = seconds
             for k in depths[m]:
                 for seed in seeds:
-                    rows += train_quality(m, k, seed, args, seconds)
+                    rows += train_quality(m, k, study[m], seed, args, seconds)
                     print(f"depth_study: quality {m} K={k} seed={seed} done", file=sys.stderr)
-    quality = pd.DataFrame(rows, columns=[*QUALITY_COLUMNS])
+    quality = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *recorded])
     quality.to_csv(out / "quality.csv", index=False)
     (out / "machine.json").write_text(json.dumps(info, indent=2))
-    (out / "table.md").write_text(table(cost, fit, quality, info, args))
-    plots(cost, quality, out, time_col)
+    (out / "table.md").write_text(table(cost, fit, quality, info, args, flat, headline))
+    plots(cost, quality, out, time_col, flat, headline[0] if headline else None)
     print((out / "table.md").read_text())
 
 

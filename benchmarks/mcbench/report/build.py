@@ -4,7 +4,9 @@
 (``results.csv`` and/or ``runs/``), or a folder of such folders, merges them, and writes
 ``report.md``, a self-contained ``report.html``, ``tables/`` (Markdown, LaTeX, CSV) and
 ``figures/`` (PNG, PDF). Statistics are over seeds of the same method selector and
-dataset; a run that failed counts in "failed" and never in the statistics.
+dataset; a run that failed counts in "failed" and never in the statistics. Which way
+each metric is better, its label, column order and plot scale are its declaration's
+(mcbench.metrics.registry), read through mcbench.report.naming.
 """
 
 from __future__ import annotations
@@ -17,70 +19,40 @@ import sys
 import time
 from dataclasses import dataclass, field
 from importlib import resources
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
+import seaborn
+import torch
 
+import mcbench
 from mcbench.errors import McbenchError
+from mcbench.plugin.registry import parse_selector
+from mcbench.report import figures as figs
 from mcbench.report.document import Cell, Document, Figure, Table, cells, frame_table
+from mcbench.report.naming import (
+    arrow,
+    dataset_order,
+    direction,
+    label,
+    plugin_error,
+    sort_methods,
+    spec_of,
+    table_metrics,
+    undeclared,
+)
+from mcbench.report.options import DENSITY_SAMPLES, Options
+from mcbench.report.options import ERROR_MODES as ERROR_MODES  # re-exported (mcbench.api)
 from mcbench.run import store as res
 
-# Direction that is better, per metric name (metrics not listed have none).
-DIRECTIONS: dict[str, str] = {
-    "modes_covered": "higher",
-    "high_quality_pct": "higher",
-    "intra_mode_kl": "lower",
-    "reverse_kl": "lower",
-    "modes": "higher",
-    "modes_captured": "higher",
-    "kl": "lower",
-    "kl_uniform": "lower",
-    "step_time_ms": "lower",
-}
-# Order of columns in the final-metrics tables; other metrics follow alphabetically.
-ORDER = [
-    "modes_covered",
-    "high_quality_pct",
-    "intra_mode_kl",
-    "reverse_kl",
-    "modes",
-    "modes_captured",
-    "kl",
-    "kl_uniform",
-    "kl_modes",
-    "step_time_ms",
-]
-# Kept for callers of the first version: the metrics of the 2-D summary.
-SUMMARY = {
-    m: DIRECTIONS[m]
-    for m in ("modes_covered", "high_quality_pct", "intra_mode_kl", "reverse_kl", "step_time_ms")
-}
-LABELS = {
-    "modes_covered": "modes",
-    "high_quality_pct": "% high quality",
-    "intra_mode_kl": "intra-mode KL",
-    "reverse_kl": "reverse KL",
-    "modes": "modes",
-    "modes_captured": "modes",
-    "kl": "KL",
-    "kl_uniform": "KL",
-    "kl_modes": "modes in KL",
-    "step_time_ms": "ms / update",
-}
-# Stacked MNIST (LBT Table 1): the first name present is used for each row.
-STACKED_ALIASES = {
-    "Modes": ["modes_covered", "modes", "modes_captured", "stacked_modes", "n_modes"],
-    "KL": ["reverse_kl", "kl", "kl_uniform", "mode_kl", "stacked_kl"],
-}
-# Which metrics are hidden from the final tables (curves and per-step diagnostics).
-# Method order in tables and legends (the papers' order: baselines first, LBT last).
-METHOD_ORDER = ["gan", "ali", "unrolled-gan", "veegan", "pacgan", "gan-si", "lbt", "lbt-gan"]
-HIDDEN_PREFIXES = ("loss_", "elbo", "failed_at_step")
-ERROR_MODES = ("std", "sem", "both")
-# Samples per generator for the density figure: 50k takes ~0.2 s of CPU per method.
-DENSITY_SAMPLES = 50_000
+# Paper layouts: which metrics a published table shows, in its order. Directions and
+# labels still come from the metrics' declarations.
+MIXTURE_LAYOUT = ("modes_covered", "high_quality_pct", "reverse_kl")  # VEEGAN/PacGAN Table 1
+TABLE1_LAYOUT = {"Modes": "modes_covered", "KL": "reverse_kl"}  # LBT Table 1 (Stacked MNIST)
 
 
 # -- loading ------------------------------------------------------------------------
@@ -225,18 +197,6 @@ def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
         rows["method"] = rows["run"].map(runs.set_index("run")["method"])
 
 
-def method_key(name: str) -> tuple[int, str]:
-    """Sort key: the papers' order of method families, then the full selector."""
-    base = str(name).split("[")[0].split(" ")[0]
-    fams = sorted(METHOD_ORDER, key=len, reverse=True)  # "lbt-gan" before "lbt"
-    fam = next((f for f in fams if base == f or base.startswith(f)), None)
-    return (METHOD_ORDER.index(fam) if fam else len(METHOD_ORDER), str(name))
-
-
-def sort_methods(names) -> list[str]:
-    return sorted(set(names), key=method_key)
-
-
 def load(results_dir: Path) -> pd.DataFrame:
     """All metric rows of a results folder (first version's entry point, kept)."""
     return load_results([results_dir]).rows
@@ -276,14 +236,14 @@ def aggregate(rows: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFr
     out = stats.merge(counts.reset_index(), on=["method", "dataset"], how="right")
     out["metric"] = out["metric"].fillna("")
     out["n"] = out["n"].fillna(0).astype(int)
-    out["direction"] = out["metric"].map(DIRECTIONS).fillna("")
+    out["direction"] = out["metric"].map(lambda m: direction(m) if m else "")
     out["best"] = False
     for (_, metric), g in out.groupby(["dataset", "metric"]):
-        direction = DIRECTIONS.get(metric)
+        better = direction(metric) if metric else ""
         g = g[g["n"] > 0]
-        if not direction or g["method"].nunique() < 2:
+        if not better or g["method"].nunique() < 2:
             continue
-        target = g["mean"].max() if direction == "higher" else g["mean"].min()
+        target = g["mean"].max() if better == "higher" else g["mean"].min()
         out.loc[g.index[np.isclose(g["mean"], target, rtol=1e-12, atol=0)], "best"] = True
     cols = ["method", "dataset", "metric", "direction", "mean", "std", "sem", "n"]
     return out[[*cols, "runs", "failed", "best"]].sort_values(["dataset", "method", "metric"])
@@ -333,12 +293,6 @@ def _error_words(error: str) -> str:
     }[error]
 
 
-def shown_metrics(metrics: list[str]) -> list[str]:
-    present = [m for m in metrics if m and not m.startswith(HIDDEN_PREFIXES)]
-    known = [m for m in ORDER if m in present]
-    return known + sorted(set(present) - set(known))
-
-
 def _cell(agg_row: pd.Series | None, error: str, n_ok: int) -> Cell:
     if agg_row is None:
         return Cell("—")
@@ -355,7 +309,7 @@ def _lookup(agg: pd.DataFrame) -> dict[tuple[str, str, str], pd.Series]:
 def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
     """Rows: methods; columns: seeds (ok/failed) and every shown metric of `dataset`."""
     sub = agg[agg["dataset"] == dataset]
-    metrics = shown_metrics(sub["metric"].unique().tolist())
+    metrics = table_metrics(sub["metric"].unique().tolist())
     look = _lookup(sub)
     header = ["method", "seeds ok (failed)", *metrics]
     rows = []
@@ -366,9 +320,7 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
         row = [Cell(method), Cell(f"{n_ok} ({failed})")]
         row += [_cell(look.get((method, dataset, m)), error, n_ok) for m in metrics]
         rows.append(row)
-    arrows = ", ".join(
-        f"{m} {'↑' if DIRECTIONS[m] == 'higher' else '↓'}" for m in metrics if m in DIRECTIONS
-    )
+    arrows = ", ".join(f"{m} {arrow(m)}" for m in metrics if arrow(m))
     caption = (
         f"{dataset}: final evaluation of each run, {_error_words(error)}"
         + (f"; best mean in bold ({arrows})" if arrows else "")
@@ -380,13 +332,14 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
 
 def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dict) -> Table:
     """VEEGAN/PacGAN Table 1 layout: methods x (dataset: modes, % high quality, reverse KL)."""
-    metrics = ["modes_covered", "high_quality_pct", "reverse_kl"]
+    metrics = list(MIXTURE_LAYOUT)
     look = _lookup(agg)
     counts = agg.groupby(["method", "dataset"])[["runs", "failed"]].first()
     header, groups = ["method"], [("", 1)]
     for d in datasets:
-        header += [f"modes (of {modes[d]})" if modes.get(d) else "modes", "% high quality"]
-        header += ["reverse KL"]
+        for m in metrics:
+            of = spec_of(m).unit == "modes" and modes.get(d)
+            header.append(f"{label(m)} (of {modes[d]})" if of else label(m))
         groups.append((d, len(metrics)))
     rows = []
     for method in sort_methods(agg.loc[agg["dataset"].isin(datasets), "method"]):
@@ -402,22 +355,21 @@ def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dic
     data = agg[agg["dataset"].isin(datasets) & agg["metric"].isin(metrics)]
     caption = (
         f"2-D mixtures in the layout of VEEGAN/PacGAN Table 1: {_error_words(error)}; "
-        "modes ↑, % high quality ↑, reverse KL ↓; best in bold."
+        f"{_arrows(metrics)}; best in bold."
     )
     return Table(
         "mixture-2d", "2-D mixtures (VEEGAN/PacGAN layout)", header, rows, caption, data, groups
     )
 
 
+def _arrows(metrics: list[str]) -> str:
+    """Each metric's label and declared direction, as in "modes ↑, reverse KL ↓"."""
+    return ", ".join(f"{label(m)} {arrow(m)}".strip() for m in metrics)
+
+
 def stacked_metric_names(metrics: set[str]) -> dict[str, str] | None:
-    """{"Modes": name, "KL": name} when a dataset has both Stacked MNIST metrics."""
-    found = {}
-    for row, names in STACKED_ALIASES.items():
-        hit = next((n for n in names if n in metrics), None)
-        if hit is None:
-            return None
-        found[row] = hit
-    return found
+    """{"Modes": name, "KL": name} when a dataset has both LBT Table 1 metrics."""
+    return dict(TABLE1_LAYOUT) if set(TABLE1_LAYOUT.values()) <= set(metrics) else None
 
 
 def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error: str) -> Table:
@@ -427,8 +379,8 @@ def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error:
     methods = sort_methods(sub["method"])
     counts = sub.groupby("method")[["runs", "failed"]].first()
     rows = []
-    for label, metric in names.items():
-        row = [Cell(label)]
+    for row_label, metric in names.items():
+        row = [Cell(row_label)]
         for m in methods:
             n_ok = int(counts.loc[m, "runs"] - counts.loc[m, "failed"])
             row.append(_cell(look.get((m, dataset, metric)), error, n_ok))
@@ -437,8 +389,8 @@ def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error:
     ok = {m: int(counts.loc[m, "runs"]) - failed[m] for m in methods}
     rows.append([Cell("seeds ok (failed)"), *(Cell(f"{ok[m]} ({failed[m]})") for m in methods)])
     caption = (
-        f"{dataset} in the layout of LBT Table 1: modes captured (↑) and KL to the uniform "
-        f"distribution over modes (↓), {_error_words(error)}; best in bold."
+        f"{dataset} in the layout of LBT Table 1 ({_arrows(list(names.values()))}), "
+        f"{_error_words(error)}; best in bold."
     )
     data = sub[sub["metric"].isin(names.values())]
     return Table(
@@ -450,10 +402,8 @@ def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error:
 
 
 def published() -> pd.DataFrame:
-    """The published numbers of PROTOCOLS.md, with their sources (benchmarks/published.csv)."""
+    """Published numbers, one a row, each with its paper and table (report/published.csv)."""
     text = resources.files("mcbench.report").joinpath("published.csv").read_text()
-    from io import StringIO
-
     df = pd.read_csv(StringIO(text), comment="#", dtype={"match_params": str, "setting": str})
     return df.fillna({"setting": "", "match_class": "", "match_params": "", "note": ""})
 
@@ -471,8 +421,6 @@ def _same(a: Any, b: str) -> bool:
 
 def method_identity(results: Results) -> dict[tuple[str, str], tuple[str, dict]]:
     """(method label, dataset) -> (method class, hyperparameters) of its first run."""
-    from mcbench.plugin.registry import parse_selector
-
     out = {}
     for r in results.runs.itertuples():
         key = (r.method, r.dataset)
@@ -507,11 +455,6 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
         return None
     ident = {k: v for k, v in method_identity(results).items() if k[1] == dataset}
     look = _lookup(agg[agg["dataset"] == dataset])
-    stacked = stacked_metric_names(set(agg.loc[agg["dataset"] == dataset, "metric"]))
-    alias = {"modes": stacked["Modes"], "kl": stacked["KL"]} if stacked else {}
-    fam = results.runs.loc[results.runs["dataset"] == dataset, "family"]
-    mixture = _is_mixture(dataset, {dataset: fam.iloc[0] if len(fam) else ""}, agg)
-    labels = LABELS if mixture else {**LABELS, "reverse_kl": "KL to uniform"}
     header = [
         "source",
         "their method",
@@ -522,7 +465,7 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
     ]
     rows, data = [], []
     for _, p in pub.iterrows():
-        metric = alias.get(p["metric"], p["metric"])
+        metric = p["metric"]
         ours = []
         for (method, _), (cls, hyper) in sorted(ident.items()):
             if _matches(p, cls, hyper) and (method, dataset, metric) in look:
@@ -556,13 +499,13 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
             theirs += f" ± {p['error']:g}"
         if pd.notna(p["runs"]):
             theirs += f" ({int(p['runs'])} runs)"
-        label = labels.get(p["metric"], p["metric"])
         source = f"{p['source']}, {p['table']}"
-        shown = [source, p["method"], p["setting"], label, theirs, "; ".join(ours) or "—"]
+        shown = [source, p["method"], p["setting"], label(metric), theirs, "; ".join(ours) or "—"]
         rows.append(cells(shown))
     caption = (
-        f"{dataset}: published numbers (benchmarks/published.csv, from ../shared/PROTOCOLS.md) "
-        f"beside ours ({_error_words(error)}). The published protocols differ from ours "
+        f"{dataset}: published numbers, each with the paper and table it is quoted from "
+        f"(mcbench/report/published.csv), beside ours ({_error_words(error)}). "
+        "The published protocols differ from ours "
         "(budget, sample count, architecture): read differences with that in mind."
     )
     return Table(
@@ -582,7 +525,7 @@ def markdown(df: pd.DataFrame, error: str = "std", runs: pd.DataFrame | None = N
     """Final-metrics tables of every dataset as Markdown (printed by `mcbench run`)."""
     agg = aggregate(df, runs)
     parts = []
-    for dataset in _dataset_order(agg):
+    for dataset in dataset_order(agg["dataset"]):
         t = final_table(agg, dataset, error)
         parts += [f"### {dataset}", "", t.markdown(), "", t.caption, ""]
     return "\n".join(parts).rstrip("\n")
@@ -592,7 +535,7 @@ def run_table(results: Results) -> pd.DataFrame:
     """One row per run: identity, status and its final value of each shown metric."""
     fin = final_metrics(results.rows) if len(results.rows) else results.rows
     wide = fin.pivot_table(index="run", columns="metric", values="value", aggfunc="first")
-    wide = wide[[m for m in shown_metrics(list(wide.columns))]]
+    wide = wide[table_metrics(list(wide.columns))]
     base = results.runs[["run", "method", "dataset", "seed", "status", "failed_step", "reason"]]
     return base.merge(wide.reset_index(), on="run", how="left").sort_values(
         ["dataset", "method", "seed"]
@@ -619,12 +562,6 @@ def _distinct(items: list[dict]) -> list[tuple[dict, int]]:
 
 
 def software_versions() -> dict[str, str]:
-    import matplotlib
-    import seaborn
-    import torch
-
-    import mcbench
-
     return {
         "mcbench": mcbench.__version__,
         "python": platform.python_version(),
@@ -736,18 +673,6 @@ def _short(v: Any) -> str:
     return json.dumps(v) if isinstance(v, list | dict) else str(v)
 
 
-@dataclass
-class Options:
-    out: Path
-    error: str = "both"
-    density_samples: int = DENSITY_SAMPLES
-    figures: bool = True
-    pdf: bool = True
-    published: bool = True
-    unroll_study: Path | None = None
-    device: str = "cpu"
-
-
 def build_report(results: Results, opts: Options) -> dict[str, Any]:
     """Write tables/, figures/, report.md and report.html under opts.out."""
     t0 = time.perf_counter()
@@ -756,7 +681,7 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
     tables_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results.rows, results.runs)
     runs = results.runs
-    datasets = _dataset_order(runs)
+    datasets = dataset_order(runs["dataset"])
     families = runs.groupby("dataset")["family"].first().to_dict()
     doc = Document("mcbench report")
     ok = int((runs["status"] == "ok").sum())
@@ -815,8 +740,6 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
         tables.append(t)
     figures: list[Figure] = []
     if opts.figures:
-        from mcbench.report import figures as figs
-
         made = figs.all_figures(results, fig_dir, opts, families)
         doc.heading("Figures")
         for f in made:
@@ -826,8 +749,6 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
             results.notes.append(note)
         figs.NOTES.clear()
     if opts.unroll_study is not None or (study := _find_study(results)) is not None:
-        from mcbench.report import figures as figs
-
         path = opts.unroll_study or study
         doc.heading("Unroll-depth study")
         got_tables, got_figs, texts = figs.unroll_study(path, fig_dir, opts)
@@ -845,6 +766,14 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
     doc.heading("Runs")
     doc.para("Every run's identity, status and final metrics: `tables/runs.csv`.")
     tables += _config_sections(doc, results)
+    foreign = undeclared(results.rows["metric"]) if len(results.rows) else []
+    if foreign:
+        results.notes.append(
+            f"Metrics declared by no loaded module, shown without a direction: "
+            f"{', '.join(foreign)} (declare them with mcbench.metrics.register_metric)."
+        )
+    if plugin_error():
+        results.notes.append(f"Method plugins could not all be loaded: {plugin_error()}")
     if results.notes:
         doc.heading("Notes")
         for n in results.notes:
@@ -861,6 +790,7 @@ def build_report(results: Results, opts: Options) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "agg": agg,
         "tables_list": tables,
+        "figures_list": figures,
     }
 
 
@@ -868,13 +798,7 @@ def _is_mixture(dataset: str, families: dict[str, str], agg: pd.DataFrame) -> bo
     """A 2-D mixture: by its family, or (results.csv only) by its metrics."""
     if families.get(dataset):
         return families[dataset] == "mixture2d"
-    return "high_quality_pct" in set(agg.loc[agg["dataset"] == dataset, "metric"])
-
-
-def _dataset_order(runs: pd.DataFrame) -> list[str]:
-    first = ["ring", "grid", "ring-veegan", "grid-veegan"]
-    names = list(runs["dataset"].unique())
-    return [d for d in first if d in names] + sorted(d for d in names if d not in first)
+    return set(MIXTURE_LAYOUT) <= set(agg.loc[agg["dataset"] == dataset, "metric"])
 
 
 def _modes_of(results: Results, dataset: str) -> int | None:
@@ -899,46 +823,6 @@ def _find_study(results: Results) -> Path | None:
     return None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `mcbench report` (the CLI delegates the whole command here)."""
-    parser.add_argument(
-        "results_dir",
-        nargs="+",
-        help="results folders (results.csv and/or runs/), run folders, or folders of them",
-    )
-    parser.add_argument("--out", "-o", help="output folder (default: FIRST_RESULTS_DIR/report)")
-    parser.add_argument(
-        "--error",
-        choices=ERROR_MODES,
-        default="both",
-        help="spread shown after the mean: std, standard error, or both (default)",
-    )
-    parser.add_argument(
-        "--density-samples",
-        type=int,
-        default=DENSITY_SAMPLES,
-        help="samples per saved generator for the density plots (default 50000; 0: none)",
-    )
-    parser.add_argument("--no-figures", action="store_true", help="tables only (fast)")
-    parser.add_argument("--no-pdf", action="store_true", help="PNG figures only")
-    parser.add_argument("--no-published", action="store_true", help="leave out published numbers")
-    parser.add_argument(
-        "--unroll-study",
-        help="folder or CSV of the unroll-depth study (default: a folder unroll* or "
-        "depth*study* in or beside RESULTS_DIR)",
-    )
-    parser.add_argument("--device", default="cpu", help="torch device for sampling generators")
-    parser.add_argument(
-        "--print",
-        dest="show",
-        choices=("final", "published", "all", "none"),
-        default="final",
-        help="tables printed on stdout: final metrics (default), ours beside published, "
-        "all tables, or none",
-    )
-    parser.add_argument("--quiet", "-q", action="store_true", help="same as --print none")
-
-
 def run(args: argparse.Namespace) -> None:
     dirs = args.results_dir if isinstance(args.results_dir, list) else [args.results_dir]
     results = load_results(dirs)
@@ -946,8 +830,6 @@ def run(args: argparse.Namespace) -> None:
         raise McbenchError("--density-samples must be >= 0")
     device = getattr(args, "device", "cpu")
     try:
-        import torch
-
         dev = torch.device(device)
     except (RuntimeError, ValueError):
         raise McbenchError(f"unknown torch device {device!r}") from None

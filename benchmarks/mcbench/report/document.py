@@ -1,7 +1,8 @@
 """A small document model for reports: one list of blocks, rendered as Markdown and HTML.
 
 Tables render to Markdown, LaTeX and HTML from the same cells (so the numbers agree in
-every format); the HTML page embeds its figures as base64 and needs no other file.
+every format): LaTeX and HTML through pandas' Styler, the HTML page through a jinja2
+template. The page embeds its figures as base64 and needs no other file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import pandas as pd
+from markupsafe import Markup
+from pandas.io.formats.style import Styler
 
 
 @dataclass
@@ -37,10 +41,12 @@ class Table:
     groups: list[tuple[str, int]] | None = None
 
     def markdown(self) -> str:
+        # Hand-written: pandas' to_markdown needs `tabulate`, not a dependency, and this
+        # is a dozen lines (bold cells and group prefixes included).
         header = self.header
         if self.groups:  # Markdown has no spanning cells: prefix the group label
-            labels = [g for g, span in self.groups for _ in range(span)]
-            header = [f"{g}: {h}" if g else h for g, h in zip(labels, header, strict=True)]
+            groups = self._group_of()
+            header = [f"{g}: {h}" if g else h for g, h in zip(groups, header, strict=True)]
         lines = [
             "| " + " | ".join(_md_escape(h) for h in header) + " |",
             "|" + "---|" * len(header),
@@ -50,65 +56,51 @@ class Table:
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
-    def latex(self) -> str:
-        ncol = len(self.header)
-        lines = [
-            "% " + _ascii(self.title) + " (needs \\usepackage{booktabs})",
-            "\\begin{table}[t]",
-            "\\centering",
-            f"\\caption{{{latex_escape(self.caption or self.title)}}}",
-            f"\\label{{tab:{self.name}}}",
-            "\\begin{tabular}{l" + "r" * (ncol - 1) + "}",
-            "\\toprule",
-        ]
+    def _group_of(self) -> list[str]:
+        """The group label above each column ("" without groups)."""
+        if not self.groups:
+            return [""] * len(self.header)
+        return [g for g, span in self.groups for _ in range(span)]
+
+    def _styler(self, escape, best: str) -> tuple[Styler, pd.DataFrame]:
+        """The cells as a Styler, text escaped by `escape`, and a frame holding `best` at
+        the best cells ("" elsewhere). Columns are positions: headers may repeat."""
         if self.groups:
-            parts, rules, col = [], [], 1
-            for label, span in self.groups:
-                if label:
-                    parts.append(f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(label)}}}")
-                    rules.append(f"\\cmidrule(lr){{{col}-{col + span - 1}}}")
-                else:
-                    parts.extend([""] * span)
-                col += span
-            lines.append(" & ".join(parts) + " \\\\")
-            lines.append(" ".join(rules))
-        lines.append(" & ".join(latex_escape(h) for h in self.header) + " \\\\")
-        lines.append("\\midrule")
-        for row in self.rows:
-            cells = [
-                f"\\textbf{{{latex_escape(c.text)}}}" if c.best else latex_escape(c.text)
-                for c in row
-            ]
-            lines.append(" & ".join(cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-        return "\n".join(lines) + "\n"
+            columns = pd.MultiIndex.from_arrays([self._group_of(), range(len(self.header))])
+        else:
+            columns = pd.RangeIndex(len(self.header))
+        text = pd.DataFrame([[c.text for c in r] for r in self.rows], columns=columns, dtype=object)
+        marks = pd.DataFrame(
+            [[best if c.best else "" for c in r] for r in self.rows], columns=columns, dtype=object
+        )
+        uuid = re.sub(r"\W", "_", self.name)  # stable ids: the same page on a re-run
+        styler = Styler(text, uuid=uuid, cell_ids=False).hide(axis="index").format(escape)
+        if self.groups:
+            styler = styler.format_index(escape, axis=1, level=0)
+        level = 1 if self.groups else None
+        styler = styler.relabel_index([escape(h) for h in self.header], axis=1, level=level)
+        return styler, marks
+
+    def latex(self) -> str:
+        styler, marks = self._styler(latex_escape, "textbf: --rwrap;")
+        body = styler.apply(lambda _: marks, axis=None).to_latex(
+            column_format="l" + "r" * (len(self.header) - 1),
+            position="t",
+            position_float="centering",
+            hrules=True,
+            label=f"tab:{self.name}",
+            caption=latex_escape(self.caption or self.title),
+            multicol_align="c",
+            environment="table",
+        )
+        return f"% {_ascii(self.title)} (needs \\usepackage{{booktabs}})\n{body}"
 
     def html(self) -> str:
-        out = ["<table>"]
+        styler, marks = self._styler(html.escape, "best")
+        styler = styler.set_td_classes(marks)
         if self.caption:
-            out.append(f"<caption>{html.escape(self.caption)}</caption>")
-        out.append("<thead>")
-        if self.groups:
-            out.append(
-                "<tr>"
-                + "".join(
-                    f'<th colspan="{span}" class="group">{html.escape(label)}</th>'
-                    for label, span in self.groups
-                )
-                + "</tr>"
-            )
-        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in self.header) + "</tr>")
-        out.append("</thead><tbody>")
-        for row in self.rows:
-            tds = [
-                f'<td class="best">{html.escape(c.text)}</td>'
-                if c.best
-                else f"<td>{html.escape(c.text)}</td>"
-                for c in row
-            ]
-            out.append("<tr>" + "".join(tds) + "</tr>")
-        out.append("</tbody></table>")
-        return "\n".join(out)
+            styler = styler.set_caption(html.escape(self.caption))
+        return styler.to_html()
 
     def csv(self) -> str:
         """The numbers (full precision) when given, else the shown cells."""
@@ -149,10 +141,13 @@ def _plain(v) -> str:
 
 @dataclass
 class Figure:
+    """A saved figure; `metrics` names the metrics it plots (empty for other figures)."""
+
     title: str
     png: Path
     caption: str = ""
     pdf: Path | None = None
+    metrics: tuple[str, ...] = ()
 
 
 @dataclass
@@ -200,81 +195,97 @@ class Document:
         return "\n".join(out).rstrip("\n") + "\n"
 
     def html(self) -> str:
-        body = [f"<h1>{html.escape(self.title)}</h1>"]
+        blocks = []
         for kind, obj in self.blocks:
-            if kind == "h":
-                level, text = obj  # type: ignore[misc]
-                body.append(f"<h{level}>{_inline(text)}</h{level}>")
-            elif kind == "p":
-                body.append(f"<p>{_inline(str(obj))}</p>")
-            elif kind == "table":
-                body.append(obj.html())  # type: ignore[union-attr]
+            if kind == "table":
+                blocks.append({"kind": kind, "html": Markup(obj.html())})  # type: ignore[union-attr]
             elif kind == "figure":
                 f: Figure = obj  # type: ignore[assignment]
                 data = base64.b64encode(f.png.read_bytes()).decode("ascii")
-                text = _inline(f"**{f.title}.** {f.caption}".strip())
-                cap = f"<figcaption>{text}</figcaption>"
-                body.append(
-                    f'<figure><img alt="{html.escape(f.title)}" '
-                    f'src="data:image/png;base64,{data}">{cap}</figure>'
-                )
-            elif kind == "code":
-                body.append(f"<pre>{html.escape(str(obj))}</pre>")
-        return _PAGE.format(title=html.escape(self.title), body="\n".join(body))
+                text = f"**{f.title}.** {f.caption}".strip()
+                blocks.append({"kind": kind, "title": f.title, "data": data, "text": text})
+            elif kind == "h":
+                level, text = obj  # type: ignore[misc]
+                blocks.append({"kind": kind, "level": level, "text": text})
+            else:
+                blocks.append({"kind": kind, "text": str(obj)})
+        return _PAGE.render(title=self.title, blocks=blocks)
 
 
-_PAGE = """<!DOCTYPE html>
+def _inline(text: str) -> Markup:
+    """HTML-escape, then render `code` and **bold** as Markdown does."""
+    # Hand-written: the two Markdown spans the report writes; a Markdown library (none
+    # installed) would be a dependency for two regular expressions.
+    s = html.escape(text)
+    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+    return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s))
+
+
+_ENV = jinja2.Environment(autoescape=True, keep_trailing_newline=True)
+_ENV.filters["inline"] = _inline
+_PAGE = _ENV.from_string(
+    """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>{title}</title>
+<title>{{ title }}</title>
 <style>
-body {{ font-family: sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
-       color: #222; line-height: 1.4; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
-caption {{ caption-side: top; text-align: left; font-style: italic; padding-bottom: 0.3em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th {{ background: #f3f3f3; }}
-th.group {{ text-align: center; }}
-td:first-child, th:first-child {{ text-align: left; }}
-td.best {{ font-weight: bold; background: #eaf5ea; }}
-figure {{ margin: 1em 0 2em; }}
-figure img {{ max-width: 100%; border: 1px solid #eee; }}
-figcaption {{ font-style: italic; font-size: 0.9em; }}
-pre {{ background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }}
-code {{ background: #f3f3f3; padding: 0 0.2em; }}
+body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.4; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+caption { caption-side: top; text-align: left; font-style: italic; padding-bottom: 0.3em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+thead tr:not(:last-child) th { text-align: center; }
+td:first-child, th:first-child { text-align: left; }
+td.best { font-weight: bold; background: #eaf5ea; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-style: italic; font-size: 0.9em; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+code { background: #f3f3f3; padding: 0 0.2em; }
 </style>
 </head>
 <body data-js-errors="">
-{body}
+<h1>{{ title }}</h1>
+{% for b in blocks -%}
+{% if b.kind == "h" -%}
+<h{{ b.level }}>{{ b.text | inline }}</h{{ b.level }}>
+{% elif b.kind == "p" -%}
+<p>{{ b.text | inline }}</p>
+{% elif b.kind == "table" -%}
+{{ b.html }}
+{% elif b.kind == "figure" -%}
+<figure><img alt="{{ b.title }}" src="data:image/png;base64,{{ b.data }}">
+<figcaption>{{ b.text | inline }}</figcaption></figure>
+{% elif b.kind == "code" -%}
+<pre>{{ b.text }}</pre>
+{% endif -%}
+{% endfor -%}
 <script>
 // Read back by check_report_html: figures decoded and script errors, after load.
-window.addEventListener("error", function (e) {{
+window.addEventListener("error", function (e) {
   document.body.dataset.jsErrors += (e.message || "error") + "; ";
-}});
-window.addEventListener("load", function () {{
+});
+window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }}).length;
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
   document.body.dataset.imagesLoaded = ok;
   document.body.dataset.imagesBroken = imgs.length - ok;
-}});
+});
 </script>
 </body>
 </html>
 """
-
-
-def _inline(text: str) -> str:
-    """HTML-escape, then render `code` and **bold** as Markdown does."""
-    s = html.escape(text)
-    s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
+)
 
 
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
+# Hand-written: pandas escapes only TeX's special characters; pdflatex also needs the
+# report's Unicode (±, arrows, dashes) spelt in ASCII.
 _LATEX = {
     "\\": r"\textbackslash{}",
     "&": r"\&",

@@ -2,10 +2,11 @@
 
 - density: the LBT paper's Figure 1, true distribution and each method's generator,
   a kernel density of samples drawn from each run's saved generator (rows: datasets);
-- curves: Figure 2, each metric against generator updates, mean and a +-1 std band over
-  seeds, intra-mode and reverse KL on a log scale as in the paper;
+- curves: Figure 2, each quality metric against generator updates, mean and a +-1 std
+  band over seeds, on the axis scale its declaration names (the KLs: log, as in the paper);
 - wallclock: the same metrics against training wall-clock time (evaluation excluded);
-- elbo: Figure 4 of the workshop paper, every `elbo*` metric against updates;
+- diagnostics: every diagnostic metric (the LBT estimator's ELBOs: Figure 4 of the
+  workshop paper) against updates, one panel per method and unit;
 - samples: the sample grid each image run saved in its folder, one panel per method;
 - unroll study: time and quality against the unroll depth K, from the study's CSV.
 """
@@ -24,34 +25,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 from matplotlib.colors import PowerNorm
 from scipy.ndimage import gaussian_filter
 
-from mcbench.report.build import method_key, sort_methods
+from mcbench.datasets import get_dataset
 from mcbench.report.document import Figure, Table, frame_table
+from mcbench.report.naming import (
+    curve_metrics,
+    dataset_order,
+    diagnostic_metrics,
+    label,
+    method_key,
+    sort_methods,
+    spec_of,
+)
+from mcbench.report.options import Options
+from mcbench.run.runner import derive_seed, generate, load_method
 
-# Metrics drawn as curves, in panel order, and those on a log axis (LBT Fig. 2 b, e).
-CURVE_ORDER = [
-    "modes_covered",
-    "intra_mode_kl",
-    "high_quality_pct",
-    "reverse_kl",
-    "modes",
-    "modes_captured",
-    "kl",
-    "kl_uniform",
-]
-LOG_METRICS = {"intra_mode_kl", "reverse_kl", "kl", "kl_uniform"}
-TITLES = {
-    "modes_covered": "# modes covered",
-    "intra_mode_kl": "intra-mode KL",
-    "high_quality_pct": "% high-quality samples",
-    "reverse_kl": "reverse KL (mode histogram)",
-    "modes": "# modes captured",
-    "modes_captured": "# modes captured",
-    "kl": "KL(modes || uniform)",
-    "kl_uniform": "KL(modes || uniform)",
-}
 DPI = 100
 BINS = 240
 MAX_COLS = 7  # density panels per row; more methods wrap onto further rows
@@ -65,7 +56,7 @@ def _palette(methods: list[str]) -> dict[str, Any]:
     return dict(zip(methods, colors, strict=True))
 
 
-def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool) -> Figure:
+def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool, metrics=()) -> Figure:
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{stem}.png"
     fig.savefig(png, dpi=DPI)
@@ -74,10 +65,10 @@ def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool) ->
         pdf_path = out_dir / f"{stem}.pdf"
         fig.savefig(pdf_path, metadata={"CreationDate": None})  # same bytes on a re-run
     plt.close(fig)
-    return Figure(title, png, caption, pdf_path)
+    return Figure(title, png, caption, pdf_path, tuple(metrics))
 
 
-def all_figures(results, out_dir: Path, opts, families: dict[str, str]) -> list[Figure]:
+def all_figures(results, out_dir: Path, opts: Options, families: dict[str, str]) -> list[Figure]:
     sns.set_theme(style="whitegrid", context="paper")
     palette = _palette(results.runs["method"].tolist())
     out: list[Figure] = []
@@ -87,24 +78,18 @@ def all_figures(results, out_dir: Path, opts, families: dict[str, str]) -> list[
             out.append(f)
     ok = results.rows[results.rows["status"] == "ok"] if len(results.rows) else results.rows
     groups: dict[str, list[str]] = {}
-    for d in _ordered(results.runs["dataset"].unique()):
+    for d in dataset_order(results.runs["dataset"]):
         groups.setdefault(families.get(d) or d, []).append(d)
     for fam, datasets in groups.items():
         for x in ("step", "wall_time"):
             f = curves(ok, datasets, fam, x, out_dir, opts.pdf, palette)
             if f:
                 out.append(f)
-    f = elbo(ok, out_dir, opts.pdf)
+    f = diagnostics(ok, out_dir, opts.pdf)
     if f:
         out.append(f)
     out += sample_grids(results, out_dir, opts.pdf)
     return out
-
-
-def _ordered(names) -> list[str]:
-    first = ["ring", "grid", "ring-veegan", "grid-veegan"]
-    names = list(names)
-    return [d for d in first if d in names] + sorted(d for d in names if d not in first)
 
 
 # -- Figure 1: densities ------------------------------------------------------------
@@ -133,15 +118,10 @@ def _density_image(x: np.ndarray, extent: tuple[float, float, float, float], sig
     return gaussian_filter(h, sigma).T
 
 
-def density(results, out_dir: Path, opts, palette) -> Figure | None:
-    import torch
-
-    from mcbench.datasets import get_dataset
-    from mcbench.run.runner import derive_seed, generate, load_method
-
+def density(results, out_dir: Path, opts: Options, palette) -> Figure | None:
     rows = []
     families = results.runs.groupby("dataset")["family"].first().to_dict()
-    for d in _ordered(results.runs["dataset"].unique()):
+    for d in dataset_order(results.runs["dataset"]):
         if families.get(d) not in ("", "mixture2d"):
             continue  # image datasets: no density (and no need to load their data)
         try:
@@ -220,7 +200,8 @@ def density(results, out_dir: Path, opts, palette) -> Figure | None:
 
 
 def _set_scale(ax, metric: str, values: np.ndarray) -> None:
-    if metric not in LOG_METRICS:
+    """The declared scale; a log-scale metric with zeros or negatives gets symlog."""
+    if spec_of(metric).scale != "log":
         return
     v = values[np.isfinite(values)]
     if len(v) and (v > 0).all():
@@ -239,7 +220,7 @@ def _band(df: pd.DataFrame, x: str) -> pd.DataFrame:
 
 def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
     present = set(ok.loc[ok["dataset"].isin(datasets), "metric"]) if len(ok) else set()
-    metrics = [m for m in CURVE_ORDER if m in present]
+    metrics = curve_metrics(present)
     if not metrics:
         return None
     fig, axes = plt.subplots(
@@ -265,7 +246,8 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
                 )
                 handles.setdefault(method, line)
             _set_scale(ax, metric, part["value"].to_numpy(float))
-            ax.set_title(f"{d}: {TITLES.get(metric, metric)}", fontsize=9)
+            ax.set_title(f"{d}: {label(metric)}", fontsize=9)
+            ax.set_ylabel(spec_of(metric).unit)
             ax.set_xlabel("generator updates" if x == "step" else "training time (s, log)")
             if x == "wall_time" and (part[x] > 0).all() and len(part):
                 ax.set_xscale("log")  # methods differ in cost per update by 10-100x
@@ -285,65 +267,76 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
     else:
         stem, title = f"wallclock-{family}", f"Metrics against training time ({family})"
         what = "training wall-clock time (evaluation excluded, mean over seeds)"
-    caption = (
-        f"Each metric against {what}: mean over seeds, band ±1 std; KL panels on a log axis "
-        "as in the LBT paper's Figure 2."
+    logs = [label(m) for m in metrics if spec_of(m).scale == "log"]
+    caption = f"Each metric against {what}: mean over seeds, band ±1 std" + (
+        f"; {', '.join(logs)} on a log axis as in the LBT paper's Figure 2." if logs else "."
     )
-    return _save(fig, out_dir, stem, title, caption, pdf)
+    return _save(fig, out_dir, stem, title, caption, pdf, metrics)
 
 
-# -- Figure 4: ELBO curves ------------------------------------------------------------
+# -- Figure 4: diagnostics (the LBT estimator's ELBOs) ------------------------------
 
 
-def elbo(ok, out_dir, pdf) -> Figure | None:
+def diagnostics(ok, out_dir, pdf) -> Figure | None:
+    """Each method's diagnostic metrics against updates: one panel per (dataset, method,
+    unit), so that quantities of one kind (real and generated ELBO) share an axis."""
     if not len(ok):
         return None
-    sub = ok[ok["metric"].str.startswith("elbo")]
-    if sub.empty:
+    metrics = diagnostic_metrics(ok["metric"].unique())
+    if not metrics:
         return None
-    keys = sub.groupby(["dataset", "method"]).groups
-    order = _ordered(sub["dataset"].unique())
-    panels = sorted(keys, key=lambda k: (order.index(k[0]), method_key(k[1])))
+    sub = ok[ok["metric"].isin(metrics)]
+    unit = {m: spec_of(m).unit for m in metrics}
+    keys = {
+        (d, method, unit[m]) for (d, method, m), _ in sub.groupby(["dataset", "method", "metric"])
+    }
+    order = dataset_order(sub["dataset"])
+    units = sorted(set(unit.values()))
+    panels = sorted(keys, key=lambda k: (order.index(k[0]), method_key(k[1]), units.index(k[2])))
     ncol = min(4, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(
         nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow + 0.4), squeeze=False, layout="constrained"
     )
-    colors = _palette(sub["metric"].unique().tolist())
+    colors = dict(zip(metrics, sns.color_palette("tab10", len(metrics)), strict=True))
     handles = {}
-    for k, (d, method) in enumerate(panels):
+    for k, (d, method, u) in enumerate(panels):
         ax = axes.flat[k]
         part = sub[(sub["dataset"] == d) & (sub["method"] == method)]
-        for metric, g in part.groupby("metric", sort=True):
+        for metric in [m for m in metrics if unit[m] == u]:
+            g = part[part["metric"] == metric]
+            if g.empty:
+                continue
             b = _band(g, "step")
-            (line,) = ax.plot(b["x"], b["mean"], color=colors[metric], lw=1.3, label=metric)
+            c = colors[metric]
+            (line,) = ax.plot(b["x"], b["mean"], color=c, lw=1.3, label=label(metric))
             ax.fill_between(
-                b["x"],
-                b["mean"] - b["std"],
-                b["mean"] + b["std"],
-                color=colors[metric],
-                alpha=0.18,
-                lw=0,
+                b["x"], b["mean"] - b["std"], b["mean"] + b["std"], color=c, alpha=0.18, lw=0
             )
-            handles.setdefault(metric, line)
+            _set_scale(ax, metric, g["value"].to_numpy(float))
+            handles.setdefault(label(metric), line)
         ax.set_title(f"{method} on {d}", fontsize=9)
         ax.set_xlabel("generator updates")
-        ax.set_ylabel("ELBO")
+        ax.set_ylabel(u)
     for k in range(len(panels), nrow * ncol):
         axes.flat[k].axis("off")
     fig.legend(
         list(handles.values()),
         list(handles),
         loc="outside lower center",
-        ncol=len(handles),
+        ncol=min(len(handles), 6),
         fontsize=8,
         frameon=False,
     )
+    shown = [m for m in metrics if m in set(sub["metric"])]
+    what = "; ".join(f"{label(m)}: {spec_of(m).definition.rstrip('.')}" for m in shown)
+    sources = sorted({spec_of(m).source for m in shown})
     caption = (
-        "The estimator's ELBO on generated and on real data against generator updates (the "
-        "LBT workshop paper's Figure 4): mean over seeds, band ±1 std."
+        f"Training diagnostics against generator updates, mean over seeds, band ±1 std. "
+        f"{what} (as in {'; '.join(sources)})."
     )
-    return _save(fig, out_dir, "elbo", "ELBO curves (LBT workshop Figure 4)", caption, pdf)
+    title = "Training diagnostics (ELBO: LBT workshop Figure 4)"
+    return _save(fig, out_dir, "diagnostics", title, caption, pdf, shown)
 
 
 # -- sample grids ---------------------------------------------------------------------
@@ -360,7 +353,7 @@ def _grid_png(run_dir: Path) -> Path | None:
 def sample_grids(results, out_dir, pdf) -> list[Figure]:
     out = []
     runs = results.runs
-    for d in _ordered(runs["dataset"].unique()):
+    for d in dataset_order(runs["dataset"]):
         sub = runs[(runs["dataset"] == d) & (runs["status"] == "ok") & (runs["dir"] != "")]
         found = []
         for method in sort_methods(sub["method"]):
