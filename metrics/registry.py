@@ -21,7 +21,8 @@ Direction = Literal["higher", "lower"]
 Scale = Literal["linear", "log"]
 # Where reports show a metric:
 #   quality     what methods are compared on: final tables, paper layouts, curve figures;
-#   detail      final tables only (a count qualifying another metric, a cost);
+#   detail      final tables only (a count qualifying another metric, a cost, a
+#               published protocol's variant of a quality metric);
 #   diagnostic  a method's training diagnostics: curves per method, never in tables;
 #   training    recorded for the run's own record (losses, failure step): not shown.
 Role = Literal["quality", "detail", "diagnostic", "training"]
@@ -33,6 +34,10 @@ class MetricSpec:
 
     `direction` is which way is better (None: neither, e.g. a loss); `scale` is the axis
     of its curves; `unit` labels that axis, and diagnostics sharing a unit share a panel.
+    `samples` is the number of samples the definition itself fixes (None: every sample
+    evaluated), so reports put a published number beside ours only at the same N.
+    `lower` and `upper` bound the values (a count is never below 0): curve bands are
+    clipped to them.
     """
 
     name: str
@@ -43,6 +48,9 @@ class MetricSpec:
     scale: Scale = "linear"
     role: Role = "quality"
     unit: str = ""
+    samples: int | None = None
+    lower: float | None = None
+    upper: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "*" in self.name[:-1]:
@@ -59,6 +67,10 @@ class MetricSpec:
                 )
         if not self.label or not self.definition:
             raise McbenchError(f"metric {self.name!r} needs a label and a definition")
+        if self.samples is not None and self.samples < 1:
+            raise McbenchError(f"metric {self.name!r}: samples must be >= 1 or None")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise McbenchError(f"metric {self.name!r}: lower bound above upper bound")
 
     @property
     def is_family(self) -> bool:

@@ -44,6 +44,23 @@ def test_exact_and_collapsed_samples(tmp_path):
     assert plain.returncode == 0 and "modes_covered" in plain.stdout
 
 
+def test_both_mode_rules_are_reported(tmp_path):
+    """Spread evenly at low quality: no mode by LBT's rule, every mode by VEEGAN/PacGAN's
+    (first 2,500 samples); both printed, with their labels; NaN is null in --json."""
+    x = np.random.default_rng(1).uniform(-3, 3, size=(5_000, 2))
+    np.save(tmp_path / "spread.npy", x)
+    m = json.loads(mcbench("evaluate", "ring", str(tmp_path / "spread.npy"), "--json").stdout)
+    assert m["modes_covered"] == 0 and m["modes_covered_any"] == 8
+    assert 0 < m["high_quality_pct_2500"] < 10 and m["reverse_kl_2500"] >= 0
+    plain = mcbench("evaluate", "ring", str(tmp_path / "spread.npy")).stdout
+    assert "modes (≥1 HQ, N=2,500)" in plain
+    row = next(line.split() for line in plain.splitlines() if line.startswith("modes_covered "))
+    assert row[:3] == ["modes_covered", "0", "modes"]
+    np.save(tmp_path / "few.npy", x[:1000])
+    few = json.loads(mcbench("evaluate", "ring", str(tmp_path / "few.npy"), "--json").stdout)
+    assert few["modes_covered_any"] is None and few["modes_covered"] == 0
+
+
 @pytest.mark.parametrize(
     "dataset, content, message",
     [

@@ -31,8 +31,9 @@ SHARPNESS = MetricSpec(
     "How sharp the samples are (a test metric).",
     "this test",
 )
-# Final values (step 20) per method and seed; step 10 rows are decoys.
-FINAL = {("gan", 0): 0.2, ("gan", 1): 0.4, ("lbt", 0): 0.8, ("lbt", 1): 0.6}
+# Final values (step 20) per method and seed; step 10 rows are decoys. lbt beats gan by
+# Welch's one-sided t-test at 0.05 (p = 0.0097), so its cell is bold.
+FINAL = {("gan", 0): 0.2, ("gan", 1): 0.3, ("lbt", 0): 0.8, ("lbt", 1): 0.7}
 
 
 @pytest.fixture
@@ -100,11 +101,12 @@ def test_plugin_metric_reaches_tables_and_figures(sharpness, tmp_path):
     final = next(t for t in info["tables_list"] if t.name == "final-ring")
     md = final.markdown()
     assert md.splitlines()[0] == "| method | seeds ok (failed) | modes_covered | sharpness |"
-    assert "| lbt | 2 (0) | **8 ± 0** | **0.70 ± 0.14 (0.10)** |" in md  # higher is better
-    assert "| gan | 2 (0) | **8 ± 0** | 0.30 ± 0.14 (0.10) |" in md
+    # higher is better; equal mode counts (8 and 8) are no significant difference
+    assert "| lbt | 2 (0) | 8 ± 0 | **0.750 ± 0.071 (0.050)** |" in md
+    assert "| gan | 2 (0) | 8 ± 0 | 0.250 ± 0.071 (0.050) |" in md
     assert "sharpness ↑" in final.caption and "loss_g" not in md
-    assert "\\textbf{0.70 $\\pm$ 0.14 (0.10)}" in final.latex()
-    assert '<td class="data row1 col3 best" >0.70 ± 0.14 (0.10)</td>' in final.html()
+    assert "\\textbf{0.750 $\\pm$ 0.071 (0.050)}" in final.latex()
+    assert '<td class="data row1 col3 best" >0.750 ± 0.071 (0.050)</td>' in final.html()
     curves = next(f for f in info["figures_list"] if f.png.name == "curves-ring.png")
     assert "sharpness" in curves.metrics and curves.png.is_file()
     html = (opts.out / "report.html").read_text()
@@ -114,7 +116,7 @@ def test_plugin_metric_reaches_tables_and_figures(sharpness, tmp_path):
     register_metric(dataclasses.replace(SHARPNESS, direction="lower"), replace=True)
     agg = report.aggregate(results.rows, results.runs)
     md = report.final_table(agg, "ring").markdown()
-    assert "| gan | 2 (0) | **8 ± 0** | **0.30 ± 0.14 (0.10)** |" in md
+    assert "| gan | 2 (0) | 8 ± 0 | **0.250 ± 0.071 (0.050)** |" in md
     assert "sharpness ↓" in report.final_table(agg, "ring").caption
 
 
@@ -124,7 +126,7 @@ def test_undeclared_metric_is_shown_without_direction_and_noted(tmp_path):
     opts = report.Options(out=tmp_path / "report", figures=False, pdf=False)
     info = report.build_report(results, opts)
     md = next(t for t in info["tables_list"] if t.name == "final-ring").markdown()
-    assert "sharpness" in md and "**0.70" not in md
+    assert "sharpness" in md and "**0.750" not in md
     assert "declared by no loaded module" in (opts.out / "report.md").read_text()
 
 
@@ -162,3 +164,17 @@ def test_report_modules_import_at_the_top():
             if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
                 inner = [n for n in ast.walk(fn) if isinstance(n, ast.Import | ast.ImportFrom)]
                 assert not inner, f"{path.name}: {fn.name} imports inside the function"
+
+
+def test_sample_count_and_bounds_are_declared():
+    """A metric whose definition fixes N says so (reports match published numbers on it);
+    bounds clip curve bands."""
+    assert metric_spec("modes_covered_any").samples == 2500
+    assert metric_spec("high_quality_pct_2500").samples == 2500
+    assert metric_spec("modes_covered").samples is None  # every evaluated sample
+    assert metric_spec("modes_covered").lower == 0 and metric_spec("intra_mode_kl").lower == 0
+    assert metric_spec("high_quality_pct").upper == 100
+    with pytest.raises(McbenchError, match="samples"):
+        MetricSpec("m", None, "m", "d", "s", samples=0)
+    with pytest.raises(McbenchError, match="lower bound"):
+        MetricSpec("m", None, "m", "d", "s", lower=1.0, upper=0.0)

@@ -55,10 +55,17 @@ def test_aggregate_means_stds_counts_and_best():
     kl_a, kl_b = agg.loc[("a", "intra_mode_kl")], agg.loc[("b", "intra_mode_kl")]
     assert (kl_a["mean"], kl_a["std"]) == (1.0, 0.5)
     assert (kl_b["mean"], kl_b["std"]) == (3.0, 1.0)
-    # higher modes is better (b), lower KL is better (a); losses have no direction
-    assert bool(b["best"]) and not bool(a["best"])
+    # higher modes is better: b's 8, 8, 8 against a's 6, 7, 8 is not significant
+    # (Welch, one-sided p = 0.113); lower KL is better: a's beats b's (p = 0.027)
+    assert not bool(b["best"]) and not bool(a["best"])
+    assert b["p_value"] == pytest.approx(0.1127017, abs=1e-6) and math.isnan(a["p_value"])
     assert bool(kl_a["best"]) and not bool(kl_b["best"])
+    assert kl_a["p_value"] == pytest.approx(0.0273934, abs=1e-6)
     assert not agg.loc[("a", "loss_g"), "best"]
+    # t-based 95% interval: mean -/+ t(0.975, n - 1) * sem
+    assert a["ci95_low"] == pytest.approx(7.0 - 2.4841377, abs=1e-6)
+    assert a["ci95_high"] == pytest.approx(7.0 + 2.4841377, abs=1e-6)
+    assert (b["ci95_low"], b["ci95_high"]) == (8.0, 8.0)
 
 
 def test_all_failed_method_still_counted():
@@ -78,13 +85,13 @@ def test_markdown_latex_csv_numbers():
     md = t.markdown()
     # mean ± std (standard error), error to 2 significant digits, mean to the same place
     assert "| a | 3 (0) | 7.0 ± 1.0 (0.58) | **1.00 ± 0.50 (0.29)** |" in md
-    assert "| b | 3 (1) | **8 ± 0** | 3.0 ± 1.0 (0.58) |" in md
+    assert "| b | 3 (1) | 8 ± 0 | 3.0 ± 1.0 (0.58) |" in md  # 8 vs 7.0 ± 1.0: not significant
     assert "loss_g" not in md
     tex = t.latex()
     assert "\\begin{tabular}{lrrr}" in tex
     assert "modes\\_covered" in tex and "intra\\_mode\\_kl" in tex
     assert "a & 3 (0) & 7.0 $\\pm$ 1.0 (0.58) & \\textbf{1.00 $\\pm$ 0.50 (0.29)} \\\\" in tex
-    assert "\\textbf{8 $\\pm$ 0}" in tex
+    assert "\\textbf{8 $\\pm$ 0}" not in tex
     assert tex.isascii() and "$\\uparrow$" in tex  # pdflatex-safe, arrows in the caption
     csv = pd.read_csv(StringIO(t.csv())).set_index(["method", "metric"])
     assert csv.loc[("a", "modes_covered"), "mean"] == 7.0
@@ -92,7 +99,10 @@ def test_markdown_latex_csv_numbers():
     assert csv.loc[("a", "modes_covered"), "sem"] == pytest.approx(1 / math.sqrt(3))
     assert csv.loc[("b", "intra_mode_kl"), "mean"] == 3.0
     assert csv.loc[("b", "modes_covered"), "failed"] == 1
-    assert bool(csv.loc[("b", "modes_covered"), "best"])
+    assert not bool(csv.loc[("b", "modes_covered"), "best"])
+    assert bool(csv.loc[("a", "intra_mode_kl"), "best"])
+    assert csv.loc[("a", "modes_covered"), "ci95_low"] == pytest.approx(7.0 - 2.4841377)
+    assert csv.loc[("a", "intra_mode_kl"), "p_value"] == pytest.approx(0.0273934, abs=1e-6)
     sem_only = report.final_table(agg, "ring", error="sem").markdown()
     assert "| a | 3 (0) | 7.00 ± 0.58 | **1.00 ± 0.29** |" in sem_only
 
@@ -115,6 +125,19 @@ def test_paper_layouts():
     )
     assert "| a | 7.0 ± 1.0 | — | **1.00 ± 0.50** |" in t.markdown()
     assert "\\multicolumn{3}{c}{ring}" in t.latex()
+    assert "LBT rule" in t.caption  # older results: our definitions, named
+    # with VEEGAN/PacGAN's definitions recorded, the layout shows those and names them
+    vp = rows.replace(
+        {"metric": {"modes_covered": "modes_covered_any", "reverse_kl": "reverse_kl_2500"}}
+    )
+    t = report.mixture_table(report.aggregate(vp), ["ring"], "std", {"ring": 8})
+    assert t.markdown().splitlines()[0] == (
+        "| method | ring: modes (≥1 HQ, N=2,500; of 8) | ring: % high quality (N=2,500) | "
+        "ring: reverse KL (N=2,500) |"
+    )
+    assert "| a | 7.0 ± 1.0 | — | **1.00 ± 0.50** |" in t.markdown()  # their share missing
+    assert "first 2,500 evaluated samples" in t.caption and "Welch" in t.caption
+    assert "$\\ge$1 HQ" in t.latex()
     # Stacked MNIST: the names metrics/stacked.py reports fill the LBT Table 1 rows
     st = synthetic_rows()
     st["dataset"] = "stacked-mnist"
@@ -125,7 +148,7 @@ def test_paper_layouts():
     assert report.stacked_metric_names({"modes_covered", "kl"}) is None
     md = report.stacked_table(sagg, "stacked-mnist", names, "std").markdown()
     assert md.splitlines()[0] == "|  | a | b |"
-    assert "| Modes | 7.0 ± 1.0 | **8 ± 0** |" in md
+    assert "| Modes | 7.0 ± 1.0 | 8 ± 0 |" in md  # not significant: nothing bold
     assert "| KL | **1.00 ± 0.50** | 3.0 ± 1.0 |" in md
     assert "| seeds ok (failed) | 3 (0) | 3 (1) |" in md
 
@@ -146,11 +169,29 @@ def test_published_numbers_name_their_source():
     ring = pub[(pub["dataset"] == "ring-veegan") & (pub["method"] == "GAN")]
     assert not ring.empty and set(ring["table"]) == {"Table 1"}
     assert 999.6 in set(pub.loc[pub["method"] == "LBT-GAN", "value"])
+    # each number under the definition and N its source used: VEEGAN's and PacGAN's 2-D
+    # counts (one high-quality sample of 2,500) never under LBT's 20% rule, and back
+    mixtures = pub[pub["dataset"].isin(["ring-veegan", "grid-veegan"])]
+    assert set(mixtures["metric"]) == {
+        "modes_covered_any",
+        "high_quality_pct_2500",
+        "reverse_kl_2500",
+    }
+    assert set(mixtures["samples"]) == {2500}
+    lbt = pub[pub["dataset"].isin(["ring", "grid"])]
+    assert set(lbt["metric"]) == {"modes_covered", "high_quality_pct"}
+    assert set(lbt["samples"]) == {500_000}
+    for row in pub.itertuples():
+        fixed = metric_spec(row.metric).samples
+        assert fixed is None or fixed == row.samples, row
+    assert set(pub.loc[pub["table"] == "Table 3", "samples"]) == {25_600}
 
 
 def test_comparison_matches_class_and_hyperparameters():
+    """PacGAN's mode counts (one high-quality sample of 2,500) sit beside our
+    modes_covered_any, whose definition fixes N = 2,500, for the matching method only."""
     rows = synthetic_rows().replace({"ring": "ring-veegan"})
-    rows.loc[rows["metric"] == "modes_covered", "metric"] = "modes_covered"
+    rows.loc[rows["metric"] == "modes_covered", "metric"] = "modes_covered_any"
     rows["method"] = rows["method"].map({"a": "pacgan", "b": "gan"})
     rows["run"] = rows["method"] + rows["run"].str[1:]
     runs = report.runs_of(rows).assign(selector=lambda d: d["method"], dir="", family="")
@@ -163,13 +204,47 @@ def test_comparison_matches_class_and_hyperparameters():
     agg = report.aggregate(rows, runs)
     t = report.comparison_table(res, agg, "ring-veegan", "std")
     md = t.markdown()
+    modes = "| modes (≥1 HQ, N=2,500) | 2,500 |"
     assert "| PacGAN (Lin et al. 2018), Table 1 | PacGAN3 |" in md
-    line3 = next(x for x in md.splitlines() if "PacGAN3" in x and "| modes |" in x)
+    line3 = next(x for x in md.splitlines() if "PacGAN3" in x and modes in x)
     assert line3.endswith("| 7.8 (10 runs) | pacgan: 7.0 ± 1.0 |")
-    line2 = next(x for x in md.splitlines() if "PacGAN2" in x and "| modes |" in x)
-    assert line2.endswith("| —  |") or line2.endswith("| — |")  # m=3 is not PacGAN2
-    gan = next(x for x in md.splitlines() if "Lin" in x and "| GAN |" in x and "| modes |" in x)
+    line2 = next(x for x in md.splitlines() if "PacGAN2" in x and modes in x)
+    assert line2.endswith("| — |")  # m=3 is not PacGAN2
+    gan = next(x for x in md.splitlines() if "Lin" in x and "| GAN |" in x and modes in x)
     assert gan.endswith("| gan: 8 ± 0 |")
+    assert "| modes |" not in md  # no VEEGAN/PacGAN count is put beside LBT's rule
+    assert "same definition and was computed on the same N" in t.caption
+    assert "first 2,500 evaluated samples" in t.caption  # the definition, named
+    data = pd.read_csv(StringIO(t.csv()))
+    assert set(data.loc[data["ours_method"].notna(), "ours_samples"]) == {2500}
+    assert {"samples", "comparable", "ours_ci95_low", "ours_ci95_high"} <= set(data.columns)
+
+
+@pytest.mark.parametrize(
+    "evaluated, shown",
+    [
+        (500_000, "lbt: 90.0 ± 2.8"),
+        (100_000, "lbt: not comparable (ours on N = 100,000)"),
+        (None, "lbt: not comparable (our N is not recorded)"),
+    ],
+)
+def test_comparison_needs_the_same_n(evaluated, shown):
+    """LBT's 86% high quality was counted on 500,000 samples: ours sits beside it only
+    when our runs evaluated as many."""
+    rows = pd.DataFrame(
+        [
+            ("lbt", "ring", seed, 10, "high_quality_pct", v, 1.0, f"lbt-ring-s{seed}", "ok")
+            for seed, v in ((0, 88.0), (1, 92.0))
+        ],
+        columns=[*report.res.COLUMNS, "run", "status"],
+    )
+    runs = report.runs_of(rows).assign(selector="lbt", dir="", family="")
+    budget = {} if evaluated is None else {"budget": {"eval_samples": evaluated}}
+    configs = {r: {"method_class": "lbt", **budget} for r in runs["run"]}
+    res = report.Results(rows=rows, runs=runs, configs=configs)
+    t = report.comparison_table(res, report.aggregate(rows, runs), "ring", "std")
+    line = next(x for x in t.markdown().splitlines() if "| 86 |" in x)
+    assert "| % high quality | 500,000 | 86 |" in line and line.endswith(f"| {shown} |")
 
 
 def test_unknown_folder_is_a_clean_error(tmp_path):
@@ -370,3 +445,86 @@ def test_depth_study_folder_with_its_own_plots(tmp_path):
     assert texts == ['machine.json:\n{"cpu": "test"}']
     results = report.Results(rows=pd.DataFrame(), runs=pd.DataFrame(), sources=[tmp_path / "q"])
     assert report._find_study(results) == study
+
+
+def two_methods(a: list[float], b: list[float], metric: str = "modes_covered") -> pd.DataFrame:
+    """Final values of methods a and b on ring, one row per seed."""
+    rows = [
+        (method, "ring", seed, 10, metric, float(v), 1.0, f"{method}-ring-s{seed}", "ok")
+        for method, values in (("a", a), ("b", b))
+        for seed, v in enumerate(values)
+    ]
+    return pd.DataFrame(rows, columns=[*report.res.COLUMNS, "run", "status"])
+
+
+@pytest.mark.parametrize(
+    "a, b, metric, bold",
+    [
+        ([8, 7, 8, 6], [7, 8, 6, 7], "modes_covered", None),  # overlapping across seeds
+        ([8, 8, 7, 8], [3, 4, 2, 3], "modes_covered", "a"),  # clearly separated
+        ([0.9, 1.1, 1.0], [3.0, 2.5, 3.5], "intra_mode_kl", "a"),  # lower is better
+        ([0.9, 1.1, 1.0], [3.0, 2.5, 3.5], "modes_covered", "b"),
+        ([8], [3, 4, 2], "modes_covered", None),  # one seed on one side: no test
+        ([8, 8, 8], [8, 8, 8], "modes_covered", None),  # a tie: undefined, not rejected
+        ([8, 8, 8], [6, 6, 6], "modes_covered", "a"),  # constant and apart: t = inf
+    ],
+)
+def test_bold_only_where_welch_rejects(a, b, metric, bold):
+    agg = report.aggregate(two_methods(a, b, metric))
+    t = report.final_table(agg, "ring", "std")
+    assert [r[0].text for r in t.rows if any(c.best for c in r)] == ([bold] if bold else [])
+    assert "Welch's t-test" in t.caption and "one-sided" in t.caption and "0.05" in t.caption
+    assert "95% confidence" in t.caption
+
+
+def test_welch_p_matches_scipy_one_sided():
+    from scipy.stats import ttest_ind
+
+    x, y = np.array([8.0, 7.0, 8.0, 6.0]), np.array([7.0, 8.0, 6.0, 7.0])
+    assert report.welch_p(x, y, "higher") == pytest.approx(
+        ttest_ind(x, y, equal_var=False, alternative="greater").pvalue
+    )
+    assert report.welch_p(y, x, "lower") == report.welch_p(x, y, "higher")
+    assert math.isnan(report.welch_p(x[:1], y, "higher"))
+
+
+def test_count_bands_do_not_run_below_zero(tmp_path, monkeypatch):
+    """A mode count's band is clipped at 0 (its declared lower bound), a share's at 100;
+    an undeclared metric's band is left alone; the caption says so."""
+    from mcbench.report import figures
+
+    lo, hi = figures.clipped_band(np.array([0.5, 4.0]), np.array([1.0, 1.0]), "modes_covered")
+    assert lo.tolist() == [0.0, 3.0] and hi.tolist() == [1.5, 5.0]
+    _, hi = figures.clipped_band(np.array([99.5]), np.array([1.0]), "high_quality_pct")
+    assert hi.tolist() == [100.0]
+    lo, _ = figures.clipped_band(np.array([-1.0]), np.array([1.0]), "loss_g")
+    assert lo.tolist() == [-2.0]
+
+    rows = two_methods([0, 0, 3], [0, 0, 3])  # mean 1, std 1.7: mean - std < 0
+    rows = pd.concat([rows, rows.assign(step=20, wall_time=2.0)], ignore_index=True)
+    lows = []
+    save = figures._save
+
+    def spy(fig, *args, **kwargs):
+        for ax in fig.axes:
+            lows.extend(p.vertices[:, 1].min() for c in ax.collections for p in c.get_paths())
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    palette = figures._palette(["a", "b"])
+    f = figures.curves(rows, ["ring"], "mixture2d", "step", tmp_path, False, palette)
+    assert lows and min(lows) >= 0
+    assert "clipped to the metric's declared range" in f.caption
+
+
+def test_all_nan_panel_against_time_is_drawn(tmp_path):
+    """A metric undefined on every run (reverse KL with no high-quality sample) leaves an
+    empty panel; against wall-clock time it once failed on the log axis."""
+    from mcbench.report import figures
+
+    rows = two_methods([math.nan, math.nan], [math.nan, math.nan], "reverse_kl")
+    rows = pd.concat([rows, two_methods([1.0, 2.0], [3.0, 4.0])], ignore_index=True)
+    f = figures.curves(
+        rows, ["ring"], "mixture2d", "wall_time", tmp_path, False, figures._palette(["a", "b"])
+    )
+    assert f is not None and f.png.is_file()

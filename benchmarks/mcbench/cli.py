@@ -186,15 +186,21 @@ def read_samples(path: str) -> np.ndarray:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Every metric the dataset's evaluation returns (on a mixture: both mode-count rules),
+    with its label; NaN (a metric undefined on these samples) is null in --json."""
     from mcbench.datasets import get_dataset
+    from mcbench.metrics import metric_spec
 
     ds = get_dataset(args.dataset)
     metrics = ds.evaluate(read_samples(args.samples))
     if args.json:
-        print(json.dumps(metrics, indent=2))
+        clean = {k: (v if np.isfinite(v) else None) for k, v in metrics.items()}
+        print(json.dumps(clean, indent=2))
     else:
+        width = max(map(len, metrics), default=0)
         for k, v in metrics.items():
-            print(f"{k:<18} {v:.6g}")
+            spec = metric_spec(k)
+            print(f"{k:<{width}}  {v:<12.6g}  {spec.label if spec else ''}".rstrip())
 
 
 def cmd_report(args: argparse.Namespace) -> None:

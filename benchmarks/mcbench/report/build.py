@@ -4,9 +4,13 @@
 (``results.csv`` and/or ``runs/``), or a folder of such folders, merges them, and writes
 ``report.md``, a self-contained ``report.html``, ``tables/`` (Markdown, LaTeX, CSV) and
 ``figures/`` (PNG, PDF). Statistics are over seeds of the same method selector and
-dataset; a run that failed counts in "failed" and never in the statistics. Which way
-each metric is better, its label, column order and plot scale are its declaration's
-(mcbench.metrics.registry), read through mcbench.report.naming.
+dataset; a run that failed counts in "failed" and never in the statistics. A best mean
+is bold only where a one-sided Welch t-test over seeds says it beats the runner-up at
+level 0.05 (ALPHA); the CSVs carry t-based 95% confidence intervals. A published number
+is put beside ours only under the same metric (definition) and number of samples N.
+Which way each metric is better, its label, column order, plot scale and any N fixed by
+its definition are its declaration's (mcbench.metrics.registry), read through
+mcbench.report.naming.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from io import StringIO
@@ -28,6 +33,8 @@ import numpy as np
 import pandas as pd
 import seaborn
 import torch
+from scipy.stats import t as stats_t
+from scipy.stats import ttest_ind
 
 import mcbench
 from mcbench.errors import McbenchError
@@ -51,8 +58,16 @@ from mcbench.run import store as res
 
 # Paper layouts: which metrics a published table shows, in its order. Directions and
 # labels still come from the metrics' declarations.
-MIXTURE_LAYOUT = ("modes_covered", "high_quality_pct", "reverse_kl")  # VEEGAN/PacGAN Table 1
+# VEEGAN/PacGAN Table 1 layout: each column their definition (on 2,500 samples), or ours
+# (LBT's rules) where a results folder predates it.
+MIXTURE_LAYOUT = (
+    ("modes_covered_any", "modes_covered"),
+    ("high_quality_pct_2500", "high_quality_pct"),
+    ("reverse_kl_2500", "reverse_kl"),
+)
+MIXTURE_CORE = ("modes_covered", "high_quality_pct", "reverse_kl")  # what marks a mixture
 TABLE1_LAYOUT = {"Modes": "modes_covered", "KL": "reverse_kl"}  # LBT Table 1 (Stacked MNIST)
+ALPHA = 0.05  # level of the significance test behind a bold (best) cell
 
 
 # -- loading ------------------------------------------------------------------------
@@ -217,8 +232,10 @@ def runs_of(rows: pd.DataFrame) -> pd.DataFrame:
 
 def aggregate(rows: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Final metrics over seeds, one row per (method, dataset, metric): mean, std
-    (ddof 1), sem = std / sqrt(n), n (ok runs with a finite value), runs, failed, and
-    `best` (the best mean among >= 2 methods on that dataset, by the metric's direction).
+    (ddof 1), sem = std / sqrt(n), the t-based 95% confidence interval of the mean
+    (ci95_low, ci95_high; n >= 2), n (ok runs with a finite value), runs, failed, and
+    `best` with its `p_value`: the best mean, where a one-sided Welch t-test over seeds
+    (`welch_p`) says it beats the runner-up's at level ALPHA.
     A (method, dataset) whose runs all failed keeps a row with metric "" and n = 0."""
     runs = runs_of(rows) if runs is None else runs
     counts = runs.groupby(["method", "dataset"]).agg(
@@ -227,26 +244,63 @@ def aggregate(rows: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFr
     ok = rows[rows["status"] == "ok"]
     fin = final_metrics(ok) if len(ok) else ok
     fin = fin[np.isfinite(fin["value"].astype(float))]
-    stats = (
-        fin.groupby(["method", "dataset", "metric"])["value"]
-        .agg(mean="mean", std="std", n="count")
-        .reset_index()
-    )
+    keys = ["method", "dataset", "metric"]
+    stats = fin.groupby(keys)["value"].agg(mean="mean", std="std", n="count").reset_index()
     stats["sem"] = stats["std"] / np.sqrt(stats["n"])
+    half = _t_quantile(stats["n"]) * stats["sem"]
+    stats["ci95_low"], stats["ci95_high"] = stats["mean"] - half, stats["mean"] + half
     out = stats.merge(counts.reset_index(), on=["method", "dataset"], how="right")
     out["metric"] = out["metric"].fillna("")
     out["n"] = out["n"].fillna(0).astype(int)
     out["direction"] = out["metric"].map(lambda m: direction(m) if m else "")
-    out["best"] = False
-    for (_, metric), g in out.groupby(["dataset", "metric"]):
+    values = {k: g.to_numpy(float) for k, g in fin.groupby(keys)["value"]}
+    out["best"], out["p_value"] = False, np.nan
+    for (dataset, metric), g in out.groupby(["dataset", "metric"]):
         better = direction(metric) if metric else ""
         g = g[g["n"] > 0]
         if not better or g["method"].nunique() < 2:
             continue
-        target = g["mean"].max() if better == "higher" else g["mean"].min()
-        out.loc[g.index[np.isclose(g["mean"], target, rtol=1e-12, atol=0)], "best"] = True
-    cols = ["method", "dataset", "metric", "direction", "mean", "std", "sem", "n"]
-    return out[[*cols, "runs", "failed", "best"]].sort_values(["dataset", "method", "metric"])
+        ranked = g.sort_values("mean", ascending=better == "lower", kind="stable")
+        first, second = ranked.index[0], ranked.index[1]
+        p = welch_p(
+            values[(out.at[first, "method"], dataset, metric)],
+            values[(out.at[second, "method"], dataset, metric)],
+            better,
+        )
+        out.at[first, "p_value"] = p
+        out.at[first, "best"] = bool(p < ALPHA)  # NaN (too few seeds, a tie) is not
+    cols = ["method", "dataset", "metric", "direction", "mean", "std", "sem"]
+    cols += ["ci95_low", "ci95_high", "n", "runs", "failed", "best", "p_value"]
+    return out[cols].sort_values(["dataset", "method", "metric"])
+
+
+def _t_quantile(n: pd.Series) -> np.ndarray:
+    """The 97.5% quantile of Student's t with n - 1 degrees of freedom (NaN for n < 2)."""
+    dof = n.to_numpy(float) - 1
+    return np.where(dof >= 1, stats_t.ppf(0.975, np.maximum(dof, 1)), np.nan)
+
+
+def welch_p(best: np.ndarray, other: np.ndarray, better: str) -> float:
+    """One-sided p-value of Welch's t-test that `best` is better than `other` in the
+    direction `better`; NaN with fewer than 2 values on either side or an undefined
+    statistic (two identical constant sets). Two constant sets that differ give t = inf
+    and p = 0: the limit of ever smaller spread."""
+    if len(best) < 2 or len(other) < 2:
+        return math.nan
+    with warnings.catch_warnings():  # constant samples: scipy warns, the result stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        alternative = "greater" if better == "higher" else "less"
+        result = ttest_ind(best, other, equal_var=False, alternative=alternative)
+    return float(result.pvalue)
+
+
+def significance_words() -> str:
+    """How `best` is decided, for the captions of tables that bold it."""
+    return (
+        "bold: the best mean, only where it beats the runner-up across seeds by Welch's "
+        f"t-test (one-sided in the metric's direction, level {ALPHA:g}); nothing is bold "
+        "with fewer than 2 seeds on either side or where the test does not reject"
+    )
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -323,23 +377,42 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
     arrows = ", ".join(f"{m} {arrow(m)}" for m in metrics if arrow(m))
     caption = (
         f"{dataset}: final evaluation of each run, {_error_words(error)}"
-        + (f"; best mean in bold ({arrows})" if arrows else "")
-        + "; [n=k]: only k runs had a finite value."
+        + (f"; {significance_words()} ({arrows})" if arrows else "")
+        + "; [n=k]: only k runs had a finite value. The CSV adds t-based 95% confidence "
+        "intervals over seeds (ci95_low, ci95_high) and each best cell's p-value."
     )
     data = sub[sub["metric"].isin(metrics) | (sub["metric"] == "")]
     return Table(f"final-{dataset}", f"Final metrics on {dataset}", header, rows, caption, data)
 
 
+def mixture_columns(agg: pd.DataFrame, datasets: list[str]) -> list[str]:
+    """The metrics of the MIXTURE_LAYOUT columns: all VEEGAN/PacGAN's definitions where
+    `datasets` have any of them, else all ours (never a mix of the two)."""
+    present = set(agg.loc[agg["dataset"].isin(datasets), "metric"])
+    theirs = [t for t, _ in MIXTURE_LAYOUT]
+    return theirs if present & set(theirs) else [o for _, o in MIXTURE_LAYOUT]
+
+
+def _of(text: str, modes: int) -> str:
+    """A mode count's header with its total: "modes (of 8)", "modes (N=2,500; of 8)"."""
+    return f"{text[:-1]}; of {modes})" if text.endswith(")") else f"{text} (of {modes})"
+
+
+def _definitions(metrics: list[str]) -> str:
+    return " ".join(f"{label(m)}: {spec_of(m).definition}" for m in metrics)
+
+
 def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dict) -> Table:
-    """VEEGAN/PacGAN Table 1 layout: methods x (dataset: modes, % high quality, reverse KL)."""
-    metrics = list(MIXTURE_LAYOUT)
+    """VEEGAN/PacGAN Table 1 layout: methods x (dataset: modes, % high quality, reverse KL),
+    by their definitions on 2,500 samples where the results have them."""
+    metrics = mixture_columns(agg, datasets)
     look = _lookup(agg)
     counts = agg.groupby(["method", "dataset"])[["runs", "failed"]].first()
     header, groups = ["method"], [("", 1)]
     for d in datasets:
         for m in metrics:
             of = spec_of(m).unit == "modes" and modes.get(d)
-            header.append(f"{label(m)} (of {modes[d]})" if of else label(m))
+            header.append(_of(label(m), modes[d]) if of else label(m))
         groups.append((d, len(metrics)))
     rows = []
     for method in sort_methods(agg.loc[agg["dataset"].isin(datasets), "method"]):
@@ -355,7 +428,7 @@ def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dic
     data = agg[agg["dataset"].isin(datasets) & agg["metric"].isin(metrics)]
     caption = (
         f"2-D mixtures in the layout of VEEGAN/PacGAN Table 1: {_error_words(error)}; "
-        f"{_arrows(metrics)}; best in bold."
+        f"{_arrows(metrics)}; {significance_words()}. Definitions: {_definitions(metrics)}"
     )
     return Table(
         "mixture-2d", "2-D mixtures (VEEGAN/PacGAN layout)", header, rows, caption, data, groups
@@ -390,7 +463,7 @@ def stacked_table(agg: pd.DataFrame, dataset: str, names: dict[str, str], error:
     rows.append([Cell("seeds ok (failed)"), *(Cell(f"{ok[m]} ({failed[m]})") for m in methods)])
     caption = (
         f"{dataset} in the layout of LBT Table 1 ({_arrows(list(names.values()))}), "
-        f"{_error_words(error)}; best in bold."
+        f"{_error_words(error)}; {significance_words()}."
     )
     data = sub[sub["metric"].isin(names.values())]
     return Table(
@@ -447,19 +520,52 @@ def _matches(pub: pd.Series, cls: str, hyper: dict) -> bool:
     return True
 
 
+def eval_samples(results: Results) -> dict[tuple[str, str], set[int]]:
+    """(method label, dataset) -> the numbers of samples its runs were evaluated on
+    (config.json budget; empty when only results.csv is left)."""
+    out: dict[tuple[str, str], set[int]] = {}
+    for r in results.runs.itertuples():
+        n = results.configs.get(r.run, {}).get("budget", {}).get("eval_samples")
+        got = out.setdefault((r.method, r.dataset), set())
+        if n:
+            got.add(int(n))
+    return out
+
+
+def our_samples(metric: str, evaluated: set[int]) -> int | str:
+    """The N behind our value of `metric`: the one its definition fixes, else the one our
+    runs evaluated; a reason (str) when that is unknown or differs between runs."""
+    fixed = spec_of(metric).samples
+    if fixed is not None:
+        return fixed
+    if len(evaluated) == 1:
+        return next(iter(evaluated))
+    if not evaluated:
+        return "our N is not recorded"
+    return f"our runs mix N = {', '.join(f'{n:,}' for n in sorted(evaluated))}"
+
+
+def _n_text(n: Any) -> str:
+    return f"{int(n):,}" if pd.notna(n) else "not stated"
+
+
 def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: str) -> Table | None:
-    """Every published number for `dataset` beside ours for the matching method."""
+    """Every published number for `dataset`, with ours for the matching method beside it
+    only where the metric (its definition) and the number of samples N are the same;
+    otherwise the cell says why not."""
     pub = published()
     pub = pub[pub["dataset"] == dataset]
     if pub.empty:
         return None
     ident = {k: v for k, v in method_identity(results).items() if k[1] == dataset}
+    evaluated = eval_samples(results)
     look = _lookup(agg[agg["dataset"] == dataset])
     header = [
         "source",
         "their method",
         "setting",
         "metric",
+        "N",
         "theirs",
         "ours (mcbench method: value)",
     ]
@@ -468,29 +574,46 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
         metric = p["metric"]
         ours = []
         for (method, _), (cls, hyper) in sorted(ident.items()):
-            if _matches(p, cls, hyper) and (method, dataset, metric) in look:
-                r = look[(method, dataset, metric)]
+            if not (_matches(p, cls, hyper) and (method, dataset, metric) in look):
+                continue
+            r = look[(method, dataset, metric)]
+            n = our_samples(metric, evaluated.get((method, dataset), set()))
+            same = isinstance(n, int) and pd.notna(p["samples"]) and n == int(p["samples"])
+            if same:
                 ours.append(
                     f"{method}: {fmt_stat(r['mean'], r['std'], r['sem'], int(r['n']), error)}"
                 )
-                data.append(
-                    {
-                        **p.to_dict(),
-                        "ours_method": method,
-                        "ours_mean": r["mean"],
-                        "ours_std": r["std"],
-                        "ours_sem": r["sem"],
-                        "ours_n": int(r["n"]),
-                    }
-                )
+            elif isinstance(n, int):
+                why = f"ours on N = {n:,}" if pd.notna(p["samples"]) else "the source states no N"
+                ours.append(f"{method}: not comparable ({why})")
+            else:
+                ours.append(f"{method}: not comparable ({n})")
+            data.append(
+                {
+                    **p.to_dict(),
+                    "ours_method": method,
+                    "ours_samples": n if isinstance(n, int) else np.nan,
+                    "comparable": same,
+                    "ours_mean": r["mean"],
+                    "ours_std": r["std"],
+                    "ours_sem": r["sem"],
+                    "ours_ci95_low": r["ci95_low"],
+                    "ours_ci95_high": r["ci95_high"],
+                    "ours_n": int(r["n"]),
+                }
+            )
         if not ours:
             data.append(
                 {
                     **p.to_dict(),
                     "ours_method": "",
+                    "ours_samples": np.nan,
+                    "comparable": False,
                     "ours_mean": np.nan,
                     "ours_std": np.nan,
                     "ours_sem": np.nan,
+                    "ours_ci95_low": np.nan,
+                    "ours_ci95_high": np.nan,
                     "ours_n": 0,
                 }
             )
@@ -500,13 +623,16 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
         if pd.notna(p["runs"]):
             theirs += f" ({int(p['runs'])} runs)"
         source = f"{p['source']}, {p['table']}"
-        shown = [source, p["method"], p["setting"], label(metric), theirs, "; ".join(ours) or "—"]
-        rows.append(cells(shown))
+        shown = [source, p["method"], p["setting"], label(metric), _n_text(p["samples"])]
+        rows.append(cells([*shown, theirs, "; ".join(ours) or "—"]))
+    metrics = list(dict.fromkeys(pub["metric"]))
     caption = (
         f"{dataset}: published numbers, each with the paper and table it is quoted from "
-        f"(mcbench/report/published.csv), beside ours ({_error_words(error)}). "
-        "The published protocols differ from ours "
-        "(budget, sample count, architecture): read differences with that in mind."
+        "(mcbench/report/published.csv) and the number of samples N it was evaluated on, "
+        f"beside ours ({_error_words(error)}) only where our metric has the same "
+        "definition and was computed on the same N; otherwise the cell says why. "
+        f"Definitions: {_definitions(metrics)} The published protocols still differ from "
+        "ours in budget and architecture: read differences with that in mind."
     )
     return Table(
         f"published-{dataset}",
@@ -798,7 +924,7 @@ def _is_mixture(dataset: str, families: dict[str, str], agg: pd.DataFrame) -> bo
     """A 2-D mixture: by its family, or (results.csv only) by its metrics."""
     if families.get(dataset):
         return families[dataset] == "mixture2d"
-    return set(MIXTURE_LAYOUT) <= set(agg.loc[agg["dataset"] == dataset, "metric"])
+    return set(MIXTURE_CORE) <= set(agg.loc[agg["dataset"] == dataset, "metric"])
 
 
 def _modes_of(results: Results, dataset: str) -> int | None:

@@ -299,6 +299,7 @@ _LATEX = {
     "^": r"\textasciicircum{}",
     "±": r"$\pm$",
     "≤": r"$\le$",
+    "≥": r"$\ge$",
     "—": "--",
     "↑": r"$\uparrow$",
     "↓": r"$\downarrow$",

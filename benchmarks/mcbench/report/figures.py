@@ -3,7 +3,8 @@
 - density: the LBT paper's Figure 1, true distribution and each method's generator,
   a kernel density of samples drawn from each run's saved generator (rows: datasets);
 - curves: Figure 2, each quality metric against generator updates, mean and a +-1 std
-  band over seeds, on the axis scale its declaration names (the KLs: log, as in the paper);
+  band over seeds clipped to the metric's declared bounds (a mode count's band never runs
+  below 0), on the axis scale its declaration names (the KLs: log, as in the paper);
 - wallclock: the same metrics against training wall-clock time (evaluation excluded);
 - diagnostics: every diagnostic metric (the LBT estimator's ELBOs: Figure 4 of the
   workshop paper) against updates, one panel per method and unit;
@@ -210,12 +211,36 @@ def _set_scale(ax, metric: str, values: np.ndarray) -> None:
         ax.set_yscale("symlog", linthresh=float(v[v > 0].min()))
 
 
-def _band(df: pd.DataFrame, x: str) -> pd.DataFrame:
-    """Mean and std over seeds at each evaluation step; x is averaged too (wall time)."""
+BAND_WORDS = (
+    "band ±1 std, clipped to the metric's declared range (a count, a share or a KL never "
+    "below 0, a share never above 100)"
+)
+
+
+def clipped_band(
+    mean: pd.Series | np.ndarray, std: pd.Series | np.ndarray, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """mean -/+ std, clipped to the bounds `metric` declares: a band of a mode count
+    must not run below zero where no seed ever did."""
+    spec = spec_of(metric)
+    lo = np.asarray(mean, float) - np.asarray(std, float)
+    hi = np.asarray(mean, float) + np.asarray(std, float)
+    if spec.lower is not None:
+        lo, hi = np.maximum(lo, spec.lower), np.maximum(hi, spec.lower)
+    if spec.upper is not None:
+        lo, hi = np.minimum(lo, spec.upper), np.minimum(hi, spec.upper)
+    return lo, hi
+
+
+def _band(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """Mean and std over seeds at each evaluation step, and the band (lo, hi) clipped to
+    the metric's bounds; x is averaged too (wall time)."""
     g = df.groupby("step")
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {"x": g[x].mean(), "mean": g["value"].mean(), "std": g["value"].std().fillna(0.0)}
     ).sort_values("x")
+    out["lo"], out["hi"] = clipped_band(out["mean"], out["std"], metric)
+    return out
 
 
 def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
@@ -238,18 +263,17 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
             part = sub[sub["metric"] == metric]
             for method in sort_methods(part["method"]):
                 g = part[part["method"] == method]
-                b = _band(g, x)
+                b = _band(g, x, metric)
                 c = palette.get(method)
                 (line,) = ax.plot(b["x"], b["mean"], color=c, lw=1.3, label=method)
-                ax.fill_between(
-                    b["x"], b["mean"] - b["std"], b["mean"] + b["std"], color=c, alpha=0.18, lw=0
-                )
+                ax.fill_between(b["x"], b["lo"], b["hi"], color=c, alpha=0.18, lw=0)
                 handles.setdefault(method, line)
             _set_scale(ax, metric, part["value"].to_numpy(float))
             ax.set_title(f"{d}: {label(metric)}", fontsize=9)
             ax.set_ylabel(spec_of(metric).unit)
             ax.set_xlabel("generator updates" if x == "step" else "training time (s, log)")
-            if x == "wall_time" and (part[x] > 0).all() and len(part):
+            drawn = np.isfinite(part["value"].to_numpy(float)).any()  # all NaN: no log axis
+            if x == "wall_time" and drawn and (part[x] > 0).all():
                 ax.set_xscale("log")  # methods differ in cost per update by 10-100x
     if handles:
         handles = {m: handles[m] for m in sort_methods(handles)}
@@ -268,7 +292,7 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
         stem, title = f"wallclock-{family}", f"Metrics against training time ({family})"
         what = "training wall-clock time (evaluation excluded, mean over seeds)"
     logs = [label(m) for m in metrics if spec_of(m).scale == "log"]
-    caption = f"Each metric against {what}: mean over seeds, band ±1 std" + (
+    caption = f"Each metric against {what}: mean over seeds, {BAND_WORDS}" + (
         f"; {', '.join(logs)} on a log axis as in the LBT paper's Figure 2." if logs else "."
     )
     return _save(fig, out_dir, stem, title, caption, pdf, metrics)
@@ -307,12 +331,10 @@ def diagnostics(ok, out_dir, pdf) -> Figure | None:
             g = part[part["metric"] == metric]
             if g.empty:
                 continue
-            b = _band(g, "step")
+            b = _band(g, "step", metric)
             c = colors[metric]
             (line,) = ax.plot(b["x"], b["mean"], color=c, lw=1.3, label=label(metric))
-            ax.fill_between(
-                b["x"], b["mean"] - b["std"], b["mean"] + b["std"], color=c, alpha=0.18, lw=0
-            )
+            ax.fill_between(b["x"], b["lo"], b["hi"], color=c, alpha=0.18, lw=0)
             _set_scale(ax, metric, g["value"].to_numpy(float))
             handles.setdefault(label(metric), line)
         ax.set_title(f"{method} on {d}", fontsize=9)
@@ -332,7 +354,7 @@ def diagnostics(ok, out_dir, pdf) -> Figure | None:
     what = "; ".join(f"{label(m)}: {spec_of(m).definition.rstrip('.')}" for m in shown)
     sources = sorted({spec_of(m).source for m in shown})
     caption = (
-        f"Training diagnostics against generator updates, mean over seeds, band ±1 std. "
+        f"Training diagnostics against generator updates, mean over seeds, {BAND_WORDS}. "
         f"{what} (as in {'; '.join(sources)})."
     )
     title = "Training diagnostics (ELBO: LBT workshop Figure 4)"
@@ -444,19 +466,16 @@ def _study_plot(df: pd.DataFrame, kcol: str, out_dir, stem: str, name: str, pdf:
         for lab, g in df.groupby(label, sort=True):
             s = g.groupby(kcol)[y].agg(["mean", "std"]).fillna(0.0).sort_index()
             ax.plot(s.index, s["mean"], marker="o", ms=3, color=pal[lab], label=str(lab))
-            ax.fill_between(
-                s.index,
-                s["mean"] - s["std"],
-                s["mean"] + s["std"],
-                color=pal[lab],
-                alpha=0.18,
-                lw=0,
-            )
+            lo, hi = clipped_band(s["mean"], s["std"], y)
+            ax.fill_between(s.index, lo, hi, color=pal[lab], alpha=0.18, lw=0)
         if (df[kcol] > 0).all():
             ax.set_xscale("log", base=2)
         ax.set_xlabel(kcol)
         ax.set_title(y, fontsize=9)
     if cats:
         axes[0, 0].legend(fontsize=7)
-    caption = f"Every numeric column of {name} against {kcol}: mean and ±1 std over repeats."
+    caption = (
+        f"Every numeric column of {name} against {kcol}: mean over repeats, band ±1 std "
+        "(a declared metric's band clipped to its range, e.g. a count at 0)."
+    )
     return _save(fig, out_dir, stem, f"Unroll study: {Path(name).stem}", caption, pdf)
