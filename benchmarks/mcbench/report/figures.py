@@ -1,4 +1,4 @@
-"""Figures of a report (matplotlib with the Agg backend, seaborn styling).
+"""Figures of a report (matplotlib figures outside pyplot, seaborn styling).
 
 - density: the LBT paper's Figure 1, true distribution and each method's generator,
   a kernel density of samples drawn from each run's saved generator (rows: datasets);
@@ -14,20 +14,20 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
+import matplotlib.image
 import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
 from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure as MplFigure
 from scipy.ndimage import gaussian_filter
 
 from mcbench.datasets import get_dataset
@@ -57,6 +57,13 @@ def _palette(methods: list[str]) -> dict[str, Any]:
     return dict(zip(methods, colors, strict=True))
 
 
+def _subplots(nrows: int, ncols: int, *, figsize, layout=None, **kw):
+    """A figure that belongs to no pyplot state: drawing a report never changes a
+    notebook's backend, never needs a display and never leaks open figures."""
+    fig = MplFigure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
 def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool, metrics=()) -> Figure:
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{stem}.png"
@@ -65,12 +72,23 @@ def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool, me
     if pdf:
         pdf_path = out_dir / f"{stem}.pdf"
         fig.savefig(pdf_path, metadata={"CreationDate": None})  # same bytes on a re-run
-    plt.close(fig)
     return Figure(title, png, caption, pdf_path, tuple(metrics))
 
 
+def _styled(draw: Callable) -> Callable:
+    """Draw in the report's seaborn style without leaving it set for the caller."""
+
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        with matplotlib.rc_context():
+            sns.set_theme(style="whitegrid", context="paper")
+            return draw(*args, **kwargs)
+
+    return wrapped
+
+
+@_styled
 def all_figures(results, out_dir: Path, opts: Options, families: dict[str, str]) -> list[Figure]:
-    sns.set_theme(style="whitegrid", context="paper")
     palette = _palette(results.runs["method"].tolist())
     out: list[Figure] = []
     if opts.density_samples > 0:
@@ -162,7 +180,7 @@ def density(results, out_dir: Path, opts: Options, palette) -> Figure | None:
         for extent, panels in images
         for k in range(0, len(panels), ncol)
     ]
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         len(layout),
         ncol,
         figsize=(1.9 * ncol, 2.0 * len(layout)),
@@ -248,7 +266,7 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
     metrics = curve_metrics(present)
     if not metrics:
         return None
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         len(datasets),
         len(metrics),
         figsize=(3.3 * len(metrics), 2.6 * len(datasets) + 0.6),
@@ -319,7 +337,7 @@ def diagnostics(ok, out_dir, pdf) -> Figure | None:
     panels = sorted(keys, key=lambda k: (order.index(k[0]), method_key(k[1]), units.index(k[2])))
     ncol = min(4, len(panels))
     nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         nrow, ncol, figsize=(3.4 * ncol, 2.6 * nrow + 0.4), squeeze=False, layout="constrained"
     )
     colors = dict(zip(metrics, sns.color_palette("tab10", len(metrics)), strict=True))
@@ -389,12 +407,12 @@ def sample_grids(results, out_dir, pdf) -> list[Figure]:
             continue
         ncol = min(4, len(found))
         nrow = math.ceil(len(found) / ncol)
-        fig, axes = plt.subplots(
+        fig, axes = _subplots(
             nrow, ncol, figsize=(3.2 * ncol, 3.4 * nrow), squeeze=False, layout="constrained"
         )
         for k, (method, seed, png) in enumerate(found):
             ax = axes.flat[k]
-            ax.imshow(plt.imread(png))
+            ax.imshow(matplotlib.image.imread(png))
             ax.set_title(f"{method} (seed {seed})", fontsize=9)
             ax.axis("off")
         for k in range(len(found), nrow * ncol):
@@ -446,6 +464,7 @@ def unroll_study(path: Path, out_dir: Path, opts) -> tuple[list[Table], list[Fig
     return tables, figures, texts
 
 
+@_styled
 def _study_plot(df: pd.DataFrame, kcol: str, out_dir, stem: str, name: str, pdf: bool):
     cats = [c for c in df.columns if df[c].dtype == object or str(df[c].dtype) == "str"]
     ys = [
@@ -457,8 +476,7 @@ def _study_plot(df: pd.DataFrame, kcol: str, out_dir, stem: str, name: str, pdf:
         return None
     label = df[cats].astype(str).agg(", ".join, axis=1) if cats else pd.Series("", index=df.index)
     pal = _palette(label.unique().tolist())
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         1, len(ys), figsize=(3.2 * len(ys), 3.0), squeeze=False, layout="constrained"
     )
     for j, y in enumerate(ys):
