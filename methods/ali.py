@@ -36,7 +36,7 @@ class ALI(Method):
         "papers (joint (x, z) discriminator, swapped-label G/E loss, deterministic BiGAN "
         "encoder); nets and Adam from the protocol, G and E at the generator's lr"
     )
-    replicas = True
+    vectorized = True
 
     def __init__(self, problem: Problem, cfg: ALIConfig) -> None:
         super().__init__(problem, cfg)
@@ -47,19 +47,15 @@ class ALI(Method):
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = real.shape[self.problem.batch_dim]
+        n = self.num_samples(real)
         for _ in range(self.cfg.d_steps):
-            z = self.problem.noise(n)
+            z = self.randn(n)
             with torch.no_grad():
                 fake, z_real = self.G(z), self.E(real)
             loss_d = d_loss(self.D(real, z_real), self.D(fake, z))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.sum().backward()
-            self.opt_d.step()
+            self.minimize(self.opt_d, loss_d)
 
-        z = self.problem.noise(n)
+        z = self.randn(n)
         loss_ge = d_loss(self.D(self.G(z), z), self.D(real, self.E(real)))
-        self.opt_ge.zero_grad(set_to_none=True)
-        loss_ge.sum().backward(inputs=self.opt_ge.param_groups[0]["params"])
-        self.opt_ge.step()
+        self.minimize(self.opt_ge, loss_ge, inputs=[*self.G.parameters(), *self.E.parameters()])
         return {"d": loss_d.detach(), "g": loss_ge.detach()}

@@ -27,7 +27,7 @@ class GAN(Method):
     name = "gan"
     Config = GANConfig
     defaults_from = "protocol (Goodfellow et al. give no 2-D settings)"
-    replicas = True
+    vectorized = True
 
     def __init__(self, problem: Problem, cfg: GANConfig) -> None:
         super().__init__(problem, cfg)
@@ -37,16 +37,12 @@ class GAN(Method):
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = real.shape[self.problem.batch_dim]
+        n = self.num_samples(real)
         for _ in range(self.cfg.d_steps):
-            fake = self.G(self.problem.noise(n)).detach()
+            fake = self.G(self.randn(n)).detach()
             loss_d = d_loss(self.D(real), self.D(fake))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.sum().backward()
-            self.opt_d.step()
+            self.minimize(self.opt_d, loss_d)
 
-        loss_g = g_loss_nonsaturating(self.D(self.G(self.problem.noise(n))))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.sum().backward()
-        self.opt_g.step()
+        loss_g = g_loss_nonsaturating(self.D(self.G(self.randn(n))))
+        self.minimize(self.opt_g, loss_g)
         return {"d": loss_d.detach(), "g": loss_g.detach()}

@@ -30,20 +30,25 @@ from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
 from mcbench.plugin.method import Method, Problem, positive
 
 
-def sig_loss(x: torch.Tensor, theta: torch.Tensor, sigma: float, dim: int = 0) -> torch.Tensor:
-    """H_M = -mean_i log (1/M) sum_j N(x_i; theta_j, sigma^2 I), stable via logsumexp.
+def mixture_log_likelihood(x: torch.Tensor, theta: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log (1/M) sum_j N(x_i; theta_j, sigma^2 I) for every sample x_i, stable via logsumexp.
 
-    Squared distances by the expansion |x|^2 + |t|^2 - 2 x.t, so the memory is N x M
-    (not N x M x dim) for images too. `dim` is the samples' dimension: 1 with replicas
-    ((R, N, ...) and (R, M, ...) give (R,), each replica's batches on their own).
+    Flat samples x (..., N, D) and centres theta (..., M, D) give (..., N): leading
+    dimensions (a replica's) pair batches up. Squared distances by the expansion
+    |x|^2 + |t|^2 - 2 x.t, so the memory is N x M (not N x M x D) for images too.
     """
-    x, theta = x.flatten(dim + 1), theta.flatten(dim + 1)
     d = x.shape[-1]
     t2 = theta.pow(2).sum(-1).unsqueeze(-2)
     sq = x.pow(2).sum(-1, keepdim=True) + t2 - 2 * x @ theta.transpose(-1, -2)
     log_p = -sq.clamp_min(0) / (2 * sigma**2) - 0.5 * d * math.log(2 * math.pi * sigma**2)
-    nll = torch.logsumexp(log_p, dim=-1) - math.log(theta.shape[-2])
-    return -(nll.mean() if dim == 0 else nll.mean(-1))
+    return torch.logsumexp(log_p, dim=-1) - math.log(theta.shape[-2])
+
+
+def sig_loss(x: torch.Tensor, theta: torch.Tensor, sigma: float, dim: int = 0) -> torch.Tensor:
+    """H_M = -mean_i log (1/M) sum_j N(x_i; theta_j, sigma^2 I) of samples along `dim`
+    (1: (R, N, ...) and (R, M, ...) give (R,), each replica's batches on their own)."""
+    log_lik = mixture_log_likelihood(x.flatten(dim + 1), theta.flatten(dim + 1), sigma)
+    return -(log_lik.mean() if dim == 0 else log_lik.mean(-1))
 
 
 @dataclass
@@ -65,7 +70,7 @@ class GANSI(Method):
         "poster (D and G losses, eq. 3-4); lambda, sigma and the Gaussian p(x|theta) are "
         "our choices (the poster gives none); nets and Adam from the protocol"
     )
-    replicas = True
+    vectorized = True
 
     def __init__(self, problem: Problem, cfg: GANSIConfig) -> None:
         super().__init__(problem, cfg)
@@ -75,20 +80,17 @@ class GANSI(Method):
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = real.shape[self.problem.batch_dim]
+        n = self.num_samples(real)
         for _ in range(self.cfg.d_steps):
-            theta = self.G(self.problem.noise(n)).detach()
+            theta = self.G(self.randn(n)).detach()
             loss_d = d_loss(self.D(real), self.D(theta))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.sum().backward()
-            self.opt_d.step()
+            self.minimize(self.opt_d, loss_d)
 
-        theta = self.G(self.problem.noise(n))
+        theta = self.G(self.randn(n))
         gan = g_loss_nonsaturating(self.D(theta))
-        sig = sig_loss(real, theta, self.cfg.sigma, self.problem.batch_dim)
+        log_lik = mixture_log_likelihood(self.flatten(real), self.flatten(theta), self.cfg.sigma)
+        sig = -self.mean(log_lik)  # H_M
         loss_g = gan + self.cfg.lam * sig
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.sum().backward()
-        self.opt_g.step()
+        self.minimize(self.opt_g, loss_g)
         losses = {"d": loss_d, "g": loss_g, "gan": gan, "sig": sig}
         return {k: v.detach() for k, v in losses.items()}

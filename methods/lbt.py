@@ -10,24 +10,52 @@ Per generator update:
   3. generator update:     theta <- Adam(theta, grad_theta -ELBO(x_real; phi_K(theta)))
      (global-norm clipped in the authors' code)
 
-Presets: `authors-code` (the default: the configuration that produced the published 2-D
-results) and `paper` (K=5, M=15, Adam default betas, no clipping). In the authors' code an
-"estimator update" is itself K Adam steps at 3x the estimator lr, so its 2 updates are
-M = 2K = 10 single Adam steps here; the unrolled steps run at 1x.
+Presets: `authors-code` (the authors' code, taufikxu/Learning-By-Teaching) and `paper`
+(K=5, M=15, Adam default betas, no clipping). In the authors' code an "estimator update"
+is itself K Adam steps at 3x the estimator lr, so its 2 updates are M = 2K = 10 single
+Adam steps here; the unrolled steps run at 1x.
+
+Class defaults are the 2-D ring settings of the authors' code as this harness first ran
+them (committed reference runs use them). `authors-code` also turns on, everywhere:
+  adam_eps_inside  their Adam (unrolled and estimator) is m / sqrt(v + 1e-8)
+                   (`compute_est_updated_with_Adam`, LBT_toy.py, LBT-GAN_smnist.py)
+  per_dataset      their per-dataset settings (AUTHORS_BY_FAMILY) for any field the
+                   run leaves at the preset's value; on Stacked MNIST (LBT-GAN_smnist.py
+                   argparse defaults and README command): M = 15 (n_est 3), VAE latent
+                   256 (z_dims 256,256), Bernoulli decoder, no clipping (no -clip_grad),
+                   generator samples in training-mode batch norm; LBT-GAN adds 3,001
+                   GAN-only updates (`if i > 3000`) and fresh GAN samples.
+  init="glorot"    TensorFlow's Glorot-uniform weights and zero biases (their nets use
+                   TF defaults) for G, E and D, re-drawn at construction (`reinitialize`);
+                   under the `lbt` profile the protocol already initialises so.
+Not covered by `per_dataset`: the grid's 3 estimator updates (README: -n_est 3, M = 15):
+the Problem names the family (mixture2d), not the dataset, so ring and grid look alike;
+run the grid with `M=15`. Its batch 2048 is the `lbt` profile's (protocol.LBT_GRID).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
 from mcbench.errors import McbenchError
-from mcbench.methods.blocks.unroll import AdamState, unroll
-from mcbench.methods.blocks.vae import VAE
-from mcbench.plugin.method import Method, Problem, positive
+from mcbench.methods.blocks.unroll import AdamState, adam_eps_inside_, unroll
+from mcbench.methods.blocks.vae import LIKELIHOODS, VAE
+from mcbench.plugin.method import Method, Problem, Rng, positive
+from mcbench.plugin.replicas import StackedLinear
+
+if TYPE_CHECKING:
+    from mcbench.plugin.protocol import Protocol
+
+INITS = ("pytorch", "glorot")
 
 
 @dataclass
@@ -41,6 +69,12 @@ class LBTConfig:
     learn_var: bool = False  # learn a per-dimension decoder variance instead
     clip_norm: float = 5.0  # generator gradient global-norm clip; 0 turns it off
     adam_defaults: bool = False  # Adam betas (0.9, 0.999) instead of the protocol's
+    # Faithfulness options (module docstring); the defaults keep the reference runs.
+    likelihood: str = "gaussian"  # VAE decoder: gaussian (fixed decoder_var) | bernoulli
+    adam_eps_inside: bool = False  # estimator Adam: m / sqrt(v + eps) (authors' code)
+    init: str = "pytorch"  # pytorch | glorot: re-initialise G, E (and D) at construction
+    sample_train_bn: bool = False  # sample() with batch norm in training mode (smnist code)
+    per_dataset: bool = False  # apply AUTHORS_BY_FAMILY for the problem's family
 
     def validate(self, name: str = "lbt") -> None:
         positive(
@@ -54,6 +88,72 @@ class LBTConfig:
         )
         if self.clip_norm < 0:
             raise McbenchError(f"method {name!r}: clip_norm must be >= 0 (0: no clipping)")
+        if self.likelihood not in LIKELIHOODS:
+            raise McbenchError(
+                f"method {name!r}: likelihood must be one of {', '.join(LIKELIHOODS)}, "
+                f"got {self.likelihood!r}"
+            )
+        if self.likelihood == "bernoulli" and self.learn_var:
+            raise McbenchError(f"method {name!r}: learn_var needs likelihood=gaussian")
+        if self.init not in INITS:
+            raise McbenchError(
+                f"method {name!r}: init must be one of {', '.join(INITS)}, got {self.init!r}"
+            )
+
+
+def unroll_bytes(
+    cfg: LBTConfig, batch: int, hidden: Sequence[int], latent: int, data_dim: int = 0
+) -> int:
+    """A lower bound on the memory one generator update holds: K unrolled steps keep each
+    step's VAE activations (encoder and decoder, batch x 2 x sum(hidden)) and parameter
+    copies (parameters, gradient, Adam moment: 3 x P) for the backward pass; the M
+    estimator batches are drawn at once (M x batch x (G's latent + data_dim)). float32."""
+    h = [data_dim or 1, *hidden, cfg.vae_latent]
+    params = 2 * sum(a * b for a, b in itertools.pairwise(h))  # encoder and decoder
+    per_step = batch * 2 * sum(hidden) + 3 * params
+    return 4 * (cfg.K * per_step + cfg.M * batch * (latent + data_dim))
+
+
+def memory_available() -> tuple[int, str]:
+    """The most memory any device of this machine offers: host RAM available, or a CUDA
+    device's total, whichever is larger (a check against impossible configs, not a
+    fit test)."""
+    try:
+        import psutil
+
+        best = (int(psutil.virtual_memory().available), "RAM available")
+    except ImportError:
+        best = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), "RAM available")
+    if torch.cuda.is_available():
+        total = max(
+            torch.cuda.get_device_properties(i).total_memory
+            for i in range(torch.cuda.device_count())
+        )
+        if total > best[0]:
+            best = (int(total), "CUDA device memory")
+    return best
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def check_memory(
+    name: str, cfg: LBTConfig, batch: int, hidden: Sequence[int], latent: int, data_dim: int = 0
+) -> None:
+    """Refuse K (or M) whose unroll cannot fit in memory, before any allocation."""
+    need = unroll_bytes(cfg, batch, hidden, latent, data_dim)
+    have, where = memory_available()
+    if need > have:
+        raise McbenchError(
+            f"method {name!r}: K={cfg.K}, M={cfg.M} need at least {_size(need)} "
+            f"(K x (batch {batch} x 2 x {sum(hidden)} activations + 3 x parameters) x 4 B, "
+            f"plus M x batch x {latent + data_dim} values), more than the {_size(have)} of {where}"
+        )
 
 
 PAPER = {"K": 5, "M": 15, "est_lr_mult": 1.0, "clip_norm": 0.0, "adam_defaults": True}
@@ -67,6 +167,23 @@ AUTHORS_CODE = {
     "learn_var": False,
     "clip_norm": 5.0,
     "adam_defaults": False,
+    "adam_eps_inside": True,
+    "init": "glorot",
+    "per_dataset": True,
+}
+# The authors' per-dataset settings, by family prefix (`per_dataset`); fields a class's
+# Config lacks are skipped. Stacked MNIST: LBT-GAN_smnist.py (argparse defaults; the
+# README runs it with -lbt and no -clip_grad).
+AUTHORS_BY_FAMILY: dict[str, dict[str, Any]] = {
+    "stacked-mnist": {
+        "M": 15,
+        "vae_latent": 256,
+        "likelihood": "bernoulli",
+        "clip_norm": 0.0,
+        "sample_train_bn": True,
+        "warmup": 3001,
+        "fresh_samples": True,
+    },
 }
 
 
@@ -75,14 +192,42 @@ class LBT(Method):
     Config = LBTConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "authors-code": AUTHORS_CODE}
     defaults_from = "LBT authors' code (preset authors-code); preset paper: section 5"
-    replicas = True
+    vectorized = True
+    depth_param = "K"
+    not_state = ("diag_real",)  # drawn at construction, the same on every resume
+
+    @classmethod
+    def check_protocol(cls, config: LBTConfig, protocol: Protocol) -> None:
+        """Refuse an unroll that cannot fit in memory (e.g. K=1e9), at planning time."""
+        hidden = protocol.estimator_hidden or protocol.hidden
+        data_dim = 2 if protocol.family == "mixture2d" else 0  # images: a lower bound
+        config = cls.for_family(config, protocol.family)
+        batch, latent = protocol.batch_size, protocol.latent_dim
+        check_memory(cls.name, config, batch, hidden, latent, data_dim)
+
+    @classmethod
+    def for_family(cls, cfg: LBTConfig, family: str) -> LBTConfig:
+        """`cfg` with the authors' settings for `family` (AUTHORS_BY_FAMILY) in every field
+        still at the `authors-code` preset's value (a field set by the run wins)."""
+        if not cfg.per_dataset:
+            return cfg
+        table = next((v for k, v in AUTHORS_BY_FAMILY.items() if family.startswith(k)), {})
+        base = {**dataclasses.asdict(cls.Config()), **cls.presets["authors-code"]}
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        changes = {k: v for k, v in table.items() if k in fields and getattr(cfg, k) == base[k]}
+        return dataclasses.replace(cfg, **changes)
 
     def __init__(self, problem: Problem, cfg: LBTConfig) -> None:
+        cfg = self.for_family(cfg, problem.family)
         super().__init__(problem, cfg)
+        hidden = problem.estimator_hidden
+        batch, latent = problem.batch_size, problem.latent_dim
+        check_memory(self.name, cfg, batch, hidden, latent, problem.data_dim)
         self.betas = (0.9, 0.999) if cfg.adam_defaults else problem.betas
         betas = self.betas
         self.G = problem.generator(problem.latent_dim)
-        self.E = VAE(problem, cfg.vae_latent, cfg.decoder_var, cfg.learn_var)
+        self.E = VAE(problem, cfg.vae_latent, cfg.decoder_var, cfg.learn_var, cfg.likelihood)
+        self.reinitialize(self.G, self.E)
         self.opt_g = problem.adam(self.G.parameters(), problem.lr_g, betas)
         self.opt_e = problem.adam(self.E.parameters(), cfg.est_lr_mult * problem.lr_d, betas)
         self.unroll_lr = cfg.unroll_lr_mult * problem.lr_d
@@ -91,70 +236,120 @@ class LBT(Method):
         self.diag_rng = problem.spawn_rng()
         self.diag_real = problem.sample_real(problem.batch_size) if problem.sample_real else None
 
+    @torch.no_grad()
+    def reinitialize(self, *nets: nn.Module) -> None:
+        """`init="glorot"`: TensorFlow's dense and conv default, Glorot-uniform weights
+        (bound sqrt(6 / (fan_in + fan_out))) and zero biases, which the authors' code gets
+        implicitly. Drawn from a stream spawned from the method's seeded one, per replica:
+        the harness's per-replica init streams are not reachable from a method, and this
+        way replica r equals its seed's sequential run. Batch-norm layers keep theirs."""
+        if self.cfg.init == "pytorch":
+            return
+        rng = self.problem.spawn_rng()
+        layers = (nn.Linear, StackedLinear, nn.Conv2d, nn.ConvTranspose2d)
+        for net in nets:
+            for m in net.modules():
+                if not isinstance(m, layers):
+                    continue
+                w = m.weight
+                shape = w.shape[1:] if self._replicas else w.shape
+                field = shape[2:].numel()  # receptive field of a conv kernel; 1 for dense
+                bound = math.sqrt(6.0 / ((shape[0] + shape[1]) * field))
+                u = self.rand(1, shape.numel(), rng).reshape(w.shape)
+                w.copy_((2 * u - 1) * bound)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+    def estimator_step(self, loss: torch.Tensor) -> None:
+        """One estimator Adam step; with `adam_eps_inside` the authors' placement of eps."""
+        if not self.cfg.adam_eps_inside:
+            self.minimize(self.opt_e, loss)
+            return
+        self.opt_e.zero_grad(set_to_none=True)
+        self.backward(loss)
+        adam_eps_inside_(self.opt_e)
+
     # -- the three phases of Algorithm 1 ------------------------------------------------
 
     def fit_estimator(self, n: int) -> torch.Tensor:
         """M Adam steps of E on fresh generated samples; returns the last -ELBO."""
-        p, m = self.problem, self.cfg.M
+        m = self.cfg.M
         with torch.no_grad():  # one generator pass for all M batches
-            fakes = p.chunk(self.G(p.noise(m * n)), m)
-        eps = p.chunk(self.E.noise(p, m * n), m)
+            fakes = self.split(self.G(self.randn(m * n)), m)
+        eps = self.split(self.randn(m * n, self.E.latent_dim), m)
         for x, e in zip(fakes, eps, strict=True):
-            loss_e = -p.mean(self.E(x, e))
-            self.opt_e.zero_grad(set_to_none=True)
-            loss_e.sum().backward()
-            self.opt_e.step()
+            loss_e = -self.mean(self.E(x, e))
+            self.estimator_step(loss_e)
         return loss_e.detach()
 
     def fresh_fakes(self, n: int, k: int) -> list[torch.Tensor]:
         """k batches of n generated samples, differentiable w.r.t. G, in one pass."""
-        return self.problem.chunk(self.G(self.problem.noise(k * n)), k)
+        return self.split(self.G(self.randn(k * n)), k)
 
     def unrolled_real_loss(self, real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Tensor:
         """-ELBO(real; phi_K(theta)), one unrolled step per batch in `fakes` (K of them):
         differentiable w.r.t. G through its samples."""
-        p, k = self.problem, len(fakes)
-        n = real.shape[p.batch_dim]
-        eps = p.chunk(self.E.noise(p, k * n + n), k + 1)
+        k, n = len(fakes), self.num_samples(real)
+        eps = self.split(self.randn(k * n + n, self.E.latent_dim), k + 1)
         batches = iter(zip(fakes, eps[:k], strict=True))
         state = dataclasses.replace(AdamState.from_optimizer(self.E, self.opt_e), lr=self.unroll_lr)
-        params = unroll(self.E, lambda f: -p.mean(f(*next(batches))), state, k)
-        return -p.mean(torch.func.functional_call(self.E, params, (real, eps[k])))
+        params = unroll(
+            self.E,
+            lambda f: -self.mean(f(*next(batches))),
+            state,
+            k,
+            eps_inside=self.cfg.adam_eps_inside,
+        )
+        return -self.mean(torch.func.functional_call(self.E, params, (real, eps[k])))
 
     def generator_loss(self, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss G descends (LBT: the unrolled real-data -ELBO) and what to log."""
-        n = real.shape[self.problem.batch_dim]
-        loss = self.unrolled_real_loss(real, self.fresh_fakes(n, self.cfg.K))
+        loss = self.unrolled_real_loss(real, self.fresh_fakes(self.num_samples(real), self.cfg.K))
         return loss, {"elbo_real_unrolled": -loss.detach()}
 
     def generator_grads(self, real: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
-        """Gradients of the generator loss w.r.t. G's parameters (E's left untouched);
-        with replicas of the sum of per-replica losses, i.e. each replica's own."""
+        """Each seed's gradient of its generator loss w.r.t. G's parameters (E's left
+        untouched)."""
         loss, logs = self.generator_loss(real)
-        return torch.autograd.grad(loss.sum(), list(self.G.parameters())), logs
+        return self.grad(loss, self.G.parameters()), logs
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss_e = self.fit_estimator(real.shape[self.problem.batch_dim])
+        loss_e = self.fit_estimator(self.num_samples(real))
         grads, logs = self.generator_grads(real)
         for prm, g in zip(self.G.parameters(), grads, strict=True):
             prm.grad = g
         if self.cfg.clip_norm > 0:
-            self.problem.clip_grad_norm_(self.G.parameters(), self.cfg.clip_norm)
+            self.clip_grad_norm_(self.G.parameters(), self.cfg.clip_norm)
         self.opt_g.step()
         return {"elbo_fake": -loss_e, **logs}
+
+    @torch.no_grad()
+    def sample(self, n: int, rng: Rng | None = None) -> torch.Tensor:
+        """As `Method.sample`; with `sample_train_bn` the generator keeps batch norm in
+        training mode (batch statistics over chunks of the protocol's batch), as the
+        authors' Stacked MNIST generator always runs (`is_training=True`). Running
+        statistics are restored afterwards, so evaluating leaves no trace in training."""
+        if not self.cfg.sample_train_bn:
+            return super().sample(n, rng)
+        g, b = self.generator_module(), self.problem.batch_size
+        saved = [buf.clone() for buf in g.buffers()]
+        was_training = g.training
+        g.train()
+        parts = [self.G(self.randn(min(b, n - i), rng=rng)) for i in range(0, n, b)]
+        g.train(was_training)
+        for buf, old in zip(g.buffers(), saved, strict=True):
+            buf.copy_(old)
+        return torch.cat(parts, dim=-1 - len(self.problem.data_shape))  # the sample dim
 
     # -- learning curves (paper, workshop version Fig. 4) -----------------------------
 
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float | torch.Tensor]:
-        """The estimator's ELBO on a fresh generated batch and on real data: floats, or
-        (R,) tensors (one value per replica) with replicas."""
-        p, n = self.problem, self.problem.batch_size
-        fake = self.G(p.noise(n, rng=self.diag_rng))
-        out = {"elbo_generated": p.mean(self.E(fake, self.E.noise(p, n, self.diag_rng)))}
+        """The estimator's ELBO on a fresh generated batch and on real data, per seed."""
+        n, latent, rng = self.problem.batch_size, self.E.latent_dim, self.diag_rng
+        fake = self.G(self.randn(n, rng=rng))
+        out = {"elbo_generated": self.mean(self.E(fake, self.randn(n, latent, rng)))}
         if self.diag_real is not None:
-            eps = self.E.noise(p, self.diag_real.shape[p.batch_dim], self.diag_rng)
-            out["elbo_real"] = p.mean(self.E(self.diag_real, eps))
-        if p.replicas is None:
-            return {k: float(v) for k, v in out.items()}
-        return out
+            eps = self.randn(self.num_samples(self.diag_real), latent, rng)
+            out["elbo_real"] = self.mean(self.E(self.diag_real, eps))
+        return self.readout(out)

@@ -9,10 +9,22 @@ Per generator update:
   3. K unrolled estimator steps on fresh samples G(z_k), then the generator update on
         L_G = lambda_G * (-log D(G(z_1))) - ELBO(x_real; phi_K(theta))
      lambda_G = 0.1 on 2-D data, 1 on images (paper, section 5).
+
+Options for the authors' Stacked MNIST code (LBT-GAN_smnist.py; class defaults off, on
+under preset `authors-code` on Stacked MNIST via `per_dataset`, see `mcbench.methods.lbt`):
+  warmup         the first `warmup` updates train the GAN alone: no estimator step, no
+                 ELBO term (their loop: `if i > 3000` from i = 0, so 3,001 updates)
+  fresh_samples  the discriminator step and the GAN term each draw fresh generator
+                 samples (their `samples_gen_gan`, run in separate session calls), not
+                 the first unrolled batch; during the warm-up there is no unrolled batch,
+                 so they draw fresh samples whatever this says
+The warm-up's updates are counted (`updates`, checkpointed). A CUDA-graph capture during
+the warm-up is refused (it would replay the GAN-only update forever): eager instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,10 +40,14 @@ from mcbench.plugin.method import Problem, positive
 class LBTGANConfig(LBTConfig):
     lambda_gan: float | None = None  # weight of the GAN loss; None: 0.1 on 2-D, 1 otherwise
     d_steps: int = 1  # discriminator updates per generator update (authors' code: 1)
+    warmup: int = 0  # GAN-only updates first (no estimator, no ELBO); smnist code: 3001
+    fresh_samples: bool = False  # D step and GAN term on fresh samples (smnist code)
 
     def validate(self, name: str = "lbt-gan") -> None:
         super().validate(name)
         positive(name, d_steps=self.d_steps)
+        if self.warmup < 0:
+            raise McbenchError(f"method {name!r}: warmup must be >= 0, got {self.warmup}")
         if self.lambda_gan is not None:
             try:
                 self.lambda_gan = float(self.lambda_gan)
@@ -52,21 +68,65 @@ class LBTGAN(LBT):
     def __init__(self, problem: Problem, cfg: LBTGANConfig) -> None:
         super().__init__(problem, cfg)
         self.D = problem.critic()
+        self.reinitialize(self.D)
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d, self.betas)
         default = 0.1 if problem.family == "mixture2d" else 1.0
         self.lambda_gan = default if cfg.lambda_gan is None else cfg.lambda_gan
+        self.updates = 0  # generator updates so far (for the warm-up; checkpointed)
+
+    @property
+    def warming_up(self) -> bool:
+        return self.updates < self.cfg.warmup
+
+    def fit_estimator(self, n: int) -> torch.Tensor:
+        """As LBT's, except during the warm-up: no estimator step (a zero -ELBO logged)."""
+        if self.warming_up:
+            r = self.problem.replicas
+            return torch.zeros(() if r is None else (r,), device=self.problem.device)
+        return super().fit_estimator(n)
+
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        loss_d = d_loss(self.D(real), self.D(fake.detach()))
+        self.minimize(self.opt_d, loss_d)
+        return loss_d.detach()
 
     def generator_loss(self, real: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        n = real.shape[self.problem.batch_dim]
-        fakes = self.fresh_fakes(n, self.cfg.K)
-        for i in range(self.cfg.d_steps):
-            fake = fakes[0].detach() if i == 0 else self.sample(n)
-            loss_d = d_loss(self.D(real), self.D(fake))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.sum().backward()
-            self.opt_d.step()
-        loss_gan = g_loss_nonsaturating(self.D(fakes[0]))
-        loss_elbo = self.unrolled_real_loss(real, fakes)
-        loss = self.lambda_gan * loss_gan + loss_elbo
-        logs = {"elbo_real_unrolled": -loss_elbo.detach(), "d": loss_d.detach()}
-        return loss, {**logs, "g_gan": loss_gan.detach()}
+        n, cfg = self.num_samples(real), self.cfg
+        warm = self.warming_up
+        if cfg.fresh_samples or warm:
+            for _ in range(cfg.d_steps):
+                with torch.no_grad():  # training-mode G, as their `samples_gen_gan`
+                    fake = self.G(self.randn(n))
+                loss_d = self.discriminator_step(real, fake)
+            fakes = [] if warm else self.fresh_fakes(n, cfg.K)
+            gan_fake = self.G(self.randn(n))
+        else:
+            fakes = self.fresh_fakes(n, cfg.K)
+            for i in range(cfg.d_steps):
+                loss_d = self.discriminator_step(real, fakes[0] if i == 0 else self.sample(n))
+            gan_fake = fakes[0]
+        loss_gan = g_loss_nonsaturating(self.D(gan_fake))
+        if warm:
+            loss, elbo = self.lambda_gan * loss_gan, torch.zeros_like(loss_gan.detach())
+        else:
+            loss_elbo = self.unrolled_real_loss(real, fakes)
+            loss, elbo = self.lambda_gan * loss_gan + loss_elbo, -loss_elbo.detach()
+        logs = {"elbo_real_unrolled": elbo, "d": loss_d, "g_gan": loss_gan.detach()}
+        if cfg.warmup > 0:  # the authors' use_E flag: 0 during the warm-up
+            logs["elbo_weight"] = torch.full_like(elbo, 0.0 if warm else 1.0)
+        return loss, logs
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Checkpoints written before the warm-up existed hold no counter: they ran none."""
+        super().load_extra_state({"value.updates": 0, **state})
+
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        if self.warming_up and capturing:
+            # A captured graph would replay the warm-up branch forever; the harness
+            # falls back to eager updates (and records why).
+            raise McbenchError(f"method {self.name!r}: the warm-up cannot be graph-captured")
+        logs = super().step(real)
+        if self.warming_up:  # counts to the end of the warm-up only, then stays fixed
+            self.updates += 1
+        return logs

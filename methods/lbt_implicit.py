@@ -10,6 +10,8 @@ u comes from a few conjugate-gradient (or Neumann-series) iterations on Hessian-
 products, so the cost is fixed by `iterations`, not by K (not used here). Per generator
 update: M estimator updates as in LBT, then one fresh generated batch for the hypergradient.
 The damping keeps the solve defined where the VAE's Hessian is singular or indefinite.
+Preset `authors-code` turns on the options shared with `mcbench.methods.lbt` (eps inside
+the estimator's Adam square root, Glorot init, the per-dataset estimator settings).
 """
 
 from __future__ import annotations
@@ -114,14 +116,14 @@ def implicit_hypergradient(
     iterations: int = 10,
     damping: float = 1.0,
     neumann_step: float = 1e-3,
-    replicas: bool = False,
+    dot: Callable[[Vec, Vec], torch.Tensor] = _dot,
 ) -> Vec:
     """d outer(phi*(w)) / d w for phi* = argmin inner(w, phi), evaluated at `params`.
 
-    With `replicas`, the losses are (R,) and every tensor has a leading replica
-    dimension: replicas share no parameters, so gradients and Hessian-vector products
-    of the summed losses are each replica's own, and only CG's dot products need to
-    be taken per replica."""
+    With replicas the losses are (R,) and every tensor has a leading replica dimension:
+    replicas share no parameters, so gradients and Hessian-vector products of the
+    summed losses are each replica's own, and only CG's dot products (`dot`, e.g.
+    `replica_dot`) need to be taken per replica."""
     g_in = torch.autograd.grad(inner_loss.sum(), params, create_graph=True)
     b = list(torch.autograd.grad(outer_loss.sum(), params))
 
@@ -129,7 +131,6 @@ def implicit_hypergradient(
         hv = torch.autograd.grad(g_in, params, grad_outputs=v, retain_graph=True)
         return [h + damping * x for h, x in zip(hv, v, strict=True)]
 
-    dot = replica_dot if replicas else _dot
     u = SOLVERS[solver](apply, b, iterations, step=neumann_step, dot=dot)
     # The sum over replicas of their products: each replica's gradient is its own.
     return list(torch.autograd.grad(-_dot(g_in, [x.detach() for x in u]), wrt))
@@ -140,12 +141,17 @@ class LBTImplicit(LBT):
     Config = LBTImplicitConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "authors-code": AUTHORS_CODE}
     defaults_from = "LBT authors' code for the shared parts; solver settings: this harness"
+    depth_param = None  # no unroll: the solver's `iterations` set the cost
+
+    def dot(self, a: Vec, b: Vec) -> torch.Tensor:
+        """Each seed's inner product of two parameter-shaped vectors (CG's step sizes)."""
+        return sum(self.sum(x * y) for x, y in zip(a, b, strict=True))
 
     def generator_grads(self, real: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
-        p, n, cfg = self.problem, real.shape[self.problem.batch_dim], self.cfg
-        eps_fake, eps_real = p.chunk(self.E.noise(p, 2 * n), 2)
-        inner = -p.mean(self.E(self.G(p.noise(n)), eps_fake))
-        outer = -p.mean(self.E(real, eps_real))
+        n, cfg = self.num_samples(real), self.cfg
+        eps_fake, eps_real = self.split(self.randn(2 * n, self.E.latent_dim), 2)
+        inner = -self.mean(self.E(self.G(self.randn(n)), eps_fake))
+        outer = -self.mean(self.E(real, eps_real))
         grads = implicit_hypergradient(
             inner,
             outer,
@@ -155,6 +161,6 @@ class LBTImplicit(LBT):
             cfg.iterations,
             cfg.damping,
             cfg.neumann_step,
-            replicas=p.replicas is not None,
+            dot=self.dot,
         )
         return grads, {"elbo_real": -outer.detach()}

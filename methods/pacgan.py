@@ -14,7 +14,7 @@ Nothing else changes from the GAN: only D's input layer is m times wider.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -22,11 +22,16 @@ from mcbench.errors import McbenchError
 from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
 from mcbench.plugin.method import Method, Problem, positive
 
+if TYPE_CHECKING:
+    from mcbench.plugin.protocol import Protocol
+
 
 def pack(x: torch.Tensor, m: int, dim: int = 0) -> torch.Tensor:
     """(n, C, ...) -> (n // m, m * C, ...): consecutive groups of m samples, concatenated
     along the first data dimension; the last n mod m samples are dropped. `dim` is the
-    samples' dimension (1 with replicas: (R, n, C, ...) -> (R, n // m, m * C, ...))."""
+    samples' dimension, negative from the end (with replicas (R, n, C, ...) ->
+    (R, n // m, m * C, ...) at dim 1)."""
+    dim = dim % x.dim()
     k = x.shape[dim] // m
     lead, rest = x.shape[:dim], x.shape[dim + 2 :]
     return x.narrow(dim, 0, k * m).reshape(*lead, k, m * x.shape[dim + 1], *rest)
@@ -39,6 +44,10 @@ class PacGANConfig:
 
     def validate(self) -> None:
         positive("pacgan", m=self.m, d_steps=self.d_steps)
+        if self.m < 2:  # one sample a pack packs nothing: it would train a plain GAN
+            raise McbenchError(
+                f"method 'pacgan': m must be at least 2 (m={self.m} is the plain GAN: `gan`)"
+            )
 
 
 class PacGAN(Method):
@@ -53,7 +62,17 @@ class PacGAN(Method):
         "paper (m = 2, 3, 4; only D's input changes); nets, Adam and batch from the "
         "protocol (PacGAN's own 2-D nets and Adam differ)"
     )
-    replicas = True
+    vectorized = True
+
+    @classmethod
+    def check_protocol(cls, config: PacGANConfig, protocol: Protocol) -> None:
+        """A pack holds m samples of one batch: m above the batch size leaves no pack
+        (a batch counted in packs, PacGAN's code, always fills them)."""
+        if not protocol.batch_in_packs and config.m > protocol.batch_size:
+            raise McbenchError(
+                f"method 'pacgan': m={config.m} is larger than the batch size "
+                f"{protocol.batch_size} of protocol {protocol.name!r}: no pack would fill"
+            )
 
     def __init__(self, problem: Problem, cfg: PacGANConfig) -> None:
         super().__init__(problem, cfg)
@@ -67,21 +86,21 @@ class PacGAN(Method):
         self.opt_g = problem.adam(self.G.parameters(), problem.lr_g)
         self.opt_d = problem.adam(self.D.parameters(), problem.lr_d)
 
-    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        m, dim = self.cfg.m, self.problem.batch_dim
-        n = (real.shape[dim] // m) * m  # samples per side that fill whole packs
-        if n == 0:
-            raise McbenchError(f"method 'pacgan': batch of {real.shape[dim]} < m={m}")
-        real_packs = pack(real, m, dim)
-        for _ in range(self.cfg.d_steps):
-            fake = self.G(self.problem.noise(n)).detach()
-            loss_d = d_loss(self.D(real_packs), self.D(pack(fake, m, dim)))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.sum().backward()
-            self.opt_d.step()
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """Packs of m samples; the samples' dimension is the one before the data's."""
+        return pack(x, self.cfg.m, dim=-1 - len(self.problem.data_shape))
 
-        loss_g = g_loss_nonsaturating(self.D(pack(self.G(self.problem.noise(n)), m, dim)))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.sum().backward()
-        self.opt_g.step()
+    def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        m, size = self.cfg.m, self.num_samples(real)
+        n = (size // m) * m  # samples per side that fill whole packs
+        if n == 0:
+            raise McbenchError(f"method 'pacgan': batch of {size} < m={m}")
+        real_packs = self.pack(real)
+        for _ in range(self.cfg.d_steps):
+            fake = self.G(self.randn(n)).detach()
+            loss_d = d_loss(self.D(real_packs), self.D(self.pack(fake)))
+            self.minimize(self.opt_d, loss_d)
+
+        loss_g = g_loss_nonsaturating(self.D(self.pack(self.G(self.randn(n)))))
+        self.minimize(self.opt_g, loss_g)
         return {"d": loss_d.detach(), "g": loss_g.detach()}

@@ -11,8 +11,8 @@ f(G, theta_D) = L_D = -log D(x) - log(1 - D(G(z))) written as the discriminator'
      from the same D, the paper's simultaneous update rule.
 With K = 0 this is the plain GAN. `g_loss="nonsaturating"` uses -log D_K(G(z)) instead.
 
-Replicas: the losses are per replica and the unroll differentiates their sum, so each
-replica's look-ahead is its own run's (Adam is elementwise, all replicas share its step).
+Replicas: the losses are per seed and the unroll differentiates their sum, so each
+seed's look-ahead is its own run's (Adam is elementwise, all seeds share its step).
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ class UnrolledGAN(Method):
         "paper's 2-D demo (K = 5, minimax G loss, Adam unrolled with moments); "
         "nets and Adam settings from the protocol, which match the demo"
     )
-    replicas = True
+    vectorized = True
+    depth_param = "K"
 
     def __init__(self, problem: Problem, cfg: UnrolledGANConfig) -> None:
         super().__init__(problem, cfg)
@@ -84,17 +85,13 @@ class UnrolledGAN(Method):
         return g_loss_nonsaturating(d_k(fake))
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        fake = self.G(self.problem.noise(real.shape[self.problem.batch_dim]))
+        fake = self.G(self.randn(self.num_samples(real)))
 
-        # 1-2. generator gradient through K look-ahead steps of D (only G's grads kept)
+        # 1-2. G's step, its gradient through K look-ahead steps of D (D left untouched)
         loss_g = self.generator_loss(real, fake)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.sum().backward(inputs=list(self.G.parameters()))
+        self.minimize(self.opt_g, loss_g, inputs=list(self.G.parameters()))
 
-        # 3. the discriminator's ordinary step, from the same starting point
+        # 3. D's ordinary step from the same starting point, on the same (detached) fakes
         loss_d = d_loss(self.D(real), self.D(fake.detach()))
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.sum().backward()
-        self.opt_d.step()
-        self.opt_g.step()
+        self.minimize(self.opt_d, loss_d)
         return {"d": loss_d.detach(), "g": loss_g.detach()}

@@ -60,7 +60,7 @@ class VEEGAN(Method):
         "paper (objective: logit + unweighted l2 latent reconstruction; preset "
         "authors-code: Gaussian reconstructor); nets, latent size and Adam from the protocol"
     )
-    replicas = True
+    vectorized = True
 
     def __init__(self, problem: Problem, cfg: VEEGANConfig) -> None:
         super().__init__(problem, cfg)
@@ -86,38 +86,31 @@ class VEEGAN(Method):
         mean, scale = self._mean_scale(x)
         if scale is None:
             return mean
-        n = x.shape[self.problem.batch_dim]
-        return mean + scale * self.problem.noise(n, dim=mean.shape[-1])
+        return mean + scale * self.randn(self.num_samples(x), mean.shape[-1])
 
     def reconstruction(self, z: torch.Tensor, fake: torch.Tensor | None = None) -> torch.Tensor:
-        """mean d(z, G(z)) = -log p_F(z | G(z)) + const (`fake` = G(z) if given); (R,)
-        with replicas."""
+        """mean d(z, G(z)) = -log p_F(z | G(z)) + const (`fake` = G(z) if given), per seed."""
         mean, scale = self._mean_scale(self.G(z) if fake is None else fake)
         if scale is None:
-            return self.problem.mean((z - mean).pow(2).sum(-1))
+            return self.mean((z - mean).pow(2).sum(-1))
         nll = 0.5 * ((z - mean) / scale).pow(2) + scale.log() + 0.5 * math.log(2 * math.pi)
-        return self.problem.mean(nll.sum(-1))
+        return self.mean(nll.sum(-1))
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = real.shape[self.problem.batch_dim]
+        n = self.num_samples(real)
         for _ in range(self.cfg.d_steps):
-            z = self.problem.noise(n)
+            z = self.randn(n)
             with torch.no_grad():
                 fake, z_real = self.G(z), self.reconstruct(real)
             loss_d = d_loss(self.D(fake, z), self.D(real, z_real))
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.sum().backward()
-            self.opt_d.step()
+            self.minimize(self.opt_d, loss_d)
 
-        z = self.problem.noise(n)
+        z = self.randn(n)
         fake = self.G(z)
-        logit = self.problem.mean(self.D(fake, z))
+        logit = self.mean(self.D(fake, z))
         recon = self.reconstruction(z, fake)
         loss_gf = logit + self.cfg.recon_weight * recon
-        self.opt_g.zero_grad(set_to_none=True)
-        self.opt_f.zero_grad(set_to_none=True)
-        loss_gf.sum().backward(inputs=[*self.G.parameters(), *self.F.parameters()])
-        self.opt_g.step()
-        self.opt_f.step()
+        gf = [*self.G.parameters(), *self.F.parameters()]
+        self.minimize((self.opt_g, self.opt_f), loss_gf, inputs=gf)
         losses = {"d": loss_d, "g": loss_gf, "logit": logit, "recon": recon}
         return {k: v.detach() for k, v in losses.items()}

@@ -70,7 +70,7 @@ def checked_step(method, monkeypatch) -> list[str]:
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_update_reads_nothing_on_the_host(name, replicas, monkeypatch):
     specs = [RunSpec(name, "ring", s, 1, 1, 1) for s in range(replicas)]
-    if replicas > 1 and not get_method(name).cls.replicas:
+    if replicas > 1 and not get_method(name).cls.vectorized:
         pytest.skip("not written for replicas")
     method = build(specs[0], CPU)[0] if replicas == 1 else build_group(specs, CPU)[0]
     method.problem.batch_size = 64  # the check is about ops, not sizes

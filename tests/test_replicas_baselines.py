@@ -136,7 +136,7 @@ def case_id(case) -> str:
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_replicas_equal_sequential_runs_2d(float64, case):
-    assert case[0].replicas
+    assert case[0].vectorized
     assert_group_is_sequential(*case, data_shape=(2,))
 
 

@@ -100,7 +100,7 @@ def test_replicas_are_the_sequential_runs(cls, shape, overrides):
         losses = [m.step(m.problem.sample_real(N)) for _ in range(steps)]
         seq.append((losses, m.diagnostics(), m.G.state_dict()))
     group = make(cls, SEEDS, shape, **overrides)
-    assert cls.replicas and group.problem.replicas == len(SEEDS)
+    assert cls.vectorized and group.problem.replicas == len(SEEDS)
     losses = [group.step(group.problem.sample_real(N)) for _ in range(steps)]
     curves = group.diagnostics()
     state = group.G.state_dict()

@@ -20,7 +20,7 @@ Sections (each can be chosen with --sections):
               (generating --eval-samples samples and the method's diagnostics).
   replicas    one update of an R-replica group (mcbench.run.runner.build_group: R seeds
               trained together) against R updates of the single-seed run, for each
-              --replica-methods method whose class has `replicas = True` and each R in
+              --replica-methods method whose class has `vectorized = True` and each R in
               --replicas-list; interleaved, medians: ms per seed-update of each, the
               speed-up, and the group update's FLOP/s as a fraction of the peak (which
               this section therefore also measures). Target (issue 8): with replicas,
@@ -398,11 +398,11 @@ def measure_methods(
 
 
 def replica_capable(selector: str) -> bool:
-    """Whether the method's class declares its `step` written for replica layouts."""
-    return bool(getattr(resolve(selector)[0].cls, "replicas", False))
+    """Whether the method's class may train several seeds together (`vectorized`)."""
+    return bool(getattr(resolve(selector)[0].cls, "vectorized", False))
 
 
-NOT_REPLICA = "its class has no `replicas = True`: its seeds train one after another"
+NOT_REPLICA = "its class has no `vectorized = True`: its seeds train one after another"
 
 
 def timed_updates(seed_updates: int, min_updates: int, replicas: int) -> int:

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reg = methods()
         names = (
-            sorted(n for n, e in reg.items() if e.cls.replicas and not e.overrides)
+            sorted(n for n, e in reg.items() if e.cls.vectorized and not e.overrides)
             if args.methods == "all"
             else args.methods.split(",")
         )

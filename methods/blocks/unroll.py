@@ -62,12 +62,20 @@ def _step_count(step: torch.Tensor | float) -> int | torch.Tensor:
 
 
 def adam_step(
-    params: Params, grads: Params, state: AdamState, differentiate_second_moment: bool = False
+    params: Params,
+    grads: Params,
+    state: AdamState,
+    differentiate_second_moment: bool = False,
+    eps_inside: bool = False,
 ) -> tuple[Params, AdamState]:
     """One Adam update as a pure function of (params, grads, state).
 
     The first moment is differentiated; the second is detached by default, as in the
     LBT authors' code (its square-root makes second-order terms noisy and costly).
+    `eps_inside`: the step is m_hat / sqrt(v_hat + eps / bc2), i.e. lr_t * m / sqrt(v + eps)
+    with lr_t = lr * sqrt(bc2) / bc1, as the LBT authors' `compute_est_updated_with_Adam`
+    (LBT-GAN_smnist.py, LBT_toy.py) computes it; False: torch.optim.Adam's
+    m_hat / (sqrt(v_hat) + eps). With eps = 1e-8 inside, the floor is 1e-4, not 1e-8.
     """
     b1, b2 = state.betas
     t = state.step + 1
@@ -81,11 +89,38 @@ def adam_step(
         m = b1 * state.exp_avg[name] + (1 - b1) * g
         g2 = g if differentiate_second_moment else g.detach()
         v = b2 * state.exp_avg_sq[name] + (1 - b2) * g2 * g2
-        denom = (v / bc2).sqrt() + state.eps
+        denom = ((v + state.eps) / bc2).sqrt() if eps_inside else (v / bc2).sqrt() + state.eps
         new_p[name] = p - state.lr * (m / bc1) / denom
         new_m[name] = m
         new_v[name] = v
     return new_p, AdamState(t, new_m, new_v, state.lr, state.betas, state.eps)
+
+
+@torch.no_grad()
+def adam_eps_inside_(opt: torch.optim.Adam) -> None:
+    """`opt.step()` with eps inside the square root (`adam_step(eps_inside=True)`), in
+    place on the optimiser's own state, so `AdamState.from_optimizer` and checkpoints see
+    an ordinary Adam. The LBT authors' estimator updates are their unrolled Adam steps
+    assigned back (LBT-GAN_smnist.py, `e_train_op`), so they place eps the same way."""
+    for group in opt.param_groups:
+        b1, b2 = group["betas"]
+        lr, eps = group["lr"], group["eps"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            st = opt.state[p]
+            if not st:  # as torch.optim.Adam lays out its state
+                dev = p.device if group.get("capturable") else torch.device("cpu")
+                st["step"] = torch.zeros((), dtype=torch.float32, device=dev)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["step"] += 1
+            t = _step_count(st["step"])
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            bc1, bc2 = 1 - b1**t, 1 - b2**t
+            p.sub_(lr * (m / bc1) / ((v + eps) / bc2).sqrt())
 
 
 def sgd_step(params: Params, grads: Params, lr: float) -> Params:
@@ -100,6 +135,7 @@ def unroll(
     steps: int,
     create_graph: bool = True,
     differentiate_second_moment: bool = False,
+    eps_inside: bool = False,
 ) -> Params:
     """Take `steps` differentiable Adam steps of `module` on `loss_fn`; return params.
 
@@ -108,6 +144,7 @@ def unroll(
     respect to anything `loss_fn` reads (generator samples, say) and to the start point.
     `differentiate_second_moment` is passed to `adam_step`: True gives the exact
     derivative of the unrolled result (Unrolled GAN differentiates the whole Adam update).
+    `eps_inside` is passed to `adam_step` (the LBT authors' placement of eps).
     """
     params: Params = dict(module.named_parameters())
     for _ in range(steps):
@@ -116,9 +153,8 @@ def unroll(
         grads = torch.autograd.grad(
             loss.sum(), [params[n] for n in names], create_graph=create_graph
         )
-        params, state = adam_step(
-            params, dict(zip(names, grads, strict=True)), state, differentiate_second_moment
-        )
+        grad_dict = dict(zip(names, grads, strict=True))
+        params, state = adam_step(params, grad_dict, state, differentiate_second_moment, eps_inside)
     return params
 
 

@@ -11,6 +11,12 @@ ELBO per sample, data flattened to D values, latent size L:
     z = mu_enc + sqrt(var_enc) * eps,  eps ~ N(0, I_L).
 The decoder variance is fixed (the LBT authors' code: 0.001, which keeps the estimator
 sharp enough to separate modes) or learned per dimension (an option).
+
+With `likelihood="bernoulli"` the decoder outputs logits and log p(x|z) is
+sum_d [x_d log sigmoid(l_d) + (1 - x_d) log(1 - sigmoid(l_d))] = -BCE-with-logits, the LBT
+authors' Stacked MNIST estimator (LBT-GAN_smnist.py, `compute_est_ll`: sigmoid cross-entropy
+of [0, 1] pixels). It keeps the ELBO on the scale of the GAN term (lambda_G = 1): the
+Gaussian with variance 1e-3 makes it about ten times larger.
 """
 
 from __future__ import annotations
@@ -18,16 +24,19 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mcbench.errors import McbenchError
-from mcbench.plugin.method import Problem, Rng
+from mcbench.plugin.method import Problem
 
 LOG_2PI = math.log(2 * math.pi)
+LIKELIHOODS = ("gaussian", "bernoulli")
 
 
 class VAE(nn.Module):
-    """Gaussian VAE on flattened data; `forward(x, eps)` is the per-sample ELBO (nats).
+    """VAE on flattened data (Gaussian or Bernoulli decoder); `forward(x, eps)` is the
+    per-sample ELBO (nats).
 
     Encoder and decoder are the protocol's MLPs of `problem.estimator_hidden` widths
     (decoder widths reversed, e.g. 1000-400 encoder and 400-1000 decoder on images).
@@ -41,8 +50,15 @@ class VAE(nn.Module):
         latent_dim: int = 32,
         decoder_var: float = 1e-3,
         learn_var: bool = False,
+        likelihood: str = "gaussian",
     ) -> None:
         super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise McbenchError(
+                f"VAE likelihood must be one of {', '.join(LIKELIHOODS)}, got {likelihood!r}"
+            )
+        if likelihood == "bernoulli" and learn_var:
+            raise McbenchError("VAE: learn_var needs the gaussian likelihood (bernoulli has none)")
         if latent_dim < 1:
             raise McbenchError(f"VAE latent size must be >= 1, got {latent_dim}")
         if not decoder_var > 0:
@@ -50,8 +66,9 @@ class VAE(nn.Module):
         hidden = tuple(problem.estimator_hidden)
         d = problem.data_dim
         self.latent_dim = latent_dim
-        self.batch_dim = problem.batch_dim
+        self.data_ndim = len(problem.data_shape)  # per-sample dims, counted from the end
         self.learn_var = learn_var
+        self.likelihood = likelihood
         self.encoder = problem.mlp(d, 2 * latent_dim, hidden)
         self.decoder = problem.mlp(latent_dim, 2 * d if learn_var else d, hidden[::-1])
         # Fixed log-variance; with learn_var it is the value the learned one starts near.
@@ -60,11 +77,13 @@ class VAE(nn.Module):
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Per-sample ELBO of `x` (shape (n, *data_shape)) with noise `eps` (n, L): (n,);
         with replicas (R, n, *data_shape) and (R, n, L) give (R, n)."""
-        x = x.flatten(self.batch_dim + 1)
+        x = x.flatten(-self.data_ndim)
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         z = mu + (0.5 * logvar).exp() * eps
         out = self.decoder(z)
-        if self.learn_var:
+        if self.likelihood == "bernoulli":
+            log_px = -F.binary_cross_entropy_with_logits(out, x, reduction="none")
+        elif self.learn_var:
             mean, dec_logvar = out.chunk(2, dim=-1)
             dec_logvar = dec_logvar + self.log_var
             log_px = -0.5 * (LOG_2PI + dec_logvar + (x - mean).square() * (-dec_logvar).exp())
@@ -75,13 +94,10 @@ class VAE(nn.Module):
         kl = 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar)
         return log_px.sum(-1) - kl.sum(-1)
 
-    def noise(self, problem: Problem, n: int, rng: Rng | None = None) -> torch.Tensor:
-        """Reparameterisation noise for n samples from the method's stream (or `rng`):
-        (n, L), or (R, n, L) with replicas."""
-        return problem.noise(n, dim=self.latent_dim, rng=rng)
-
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder means of latent codes (the estimator's samples, for plots)."""
         out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            return out.sigmoid()
         return out.chunk(2, dim=-1)[0] if self.learn_var else out

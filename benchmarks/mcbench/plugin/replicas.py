@@ -1,12 +1,13 @@
 """Vectorised replicas: R independent seeds of one run trained together.
 
 Every parameter and buffer of a replica net carries a leading dimension R, and so does
-every tensor a replica-capable method handles in `step` (real batch (R, n, ...), noise
-(R, n, d), losses (R,)). Replica r is initialised, fed and updated exactly as the
-sequential run of its seed: its nets are built under that run's own init stream, its
-noise and data come from that run's generators, losses are per-replica means whose sum
-is differentiated (so no replica's gradient depends on another's), Adam is elementwise
-and clipping is per replica. Only the arithmetic is batched (batched matmuls), which is
+every tensor a vectorized method (`Method.vectorized`) handles in `step` (real batch
+(R, n, ...), noise (R, n, d), losses (R,)); the Method helpers hide that dimension.
+Replica r is initialised, fed and updated exactly as the sequential run of its seed: its
+nets are built under that run's own init stream, its noise and data come from that
+run's generators, losses are per-replica means whose sum is differentiated (so no
+replica's gradient depends on another's), Adam is elementwise and clipping is per
+replica. Only the arithmetic is batched (batched matmuls), which is
 what the runner gains: one set of kernel launches and Python dispatches for R seeds.
 """
 
