@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 import torch
@@ -138,7 +140,7 @@ def test_groupable_and_units():
 
 class PlainOnly(GAN):
     name = "plain-only"
-    replicas = False
+    vectorized = False
 
 
 def test_methods_without_replicas_run_one_seed_at_a_time(monkeypatch):
@@ -148,9 +150,15 @@ def test_methods_without_replicas_run_one_seed_at_a_time(monkeypatch):
         train_group(specs("plain-only", steps=1, eval_every=1), CPU)
 
 
-def test_default_jobs():
-    assert default_jobs("cuda:0") == 1
-    assert default_jobs("cpu") >= 1
+def test_default_jobs(monkeypatch):
+    """One process per CPU core this process may run on (its affinity, not the machine's
+    count); one on a GPU or with a Dask scheduler (its workers are the parallelism)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_jobs("cpu") == cores
+    assert default_jobs(None) == (1 if torch.cuda.is_available() else cores)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert default_jobs("cpu") == 3
+    assert default_jobs("cuda:0") == default_jobs("cuda") == 1
     assert default_jobs("cpu", scheduler="tcp://x:1") == 1
 
 
@@ -178,7 +186,7 @@ def test_group_publishes_runs_like_sequential_ones(tmp_path):
         m = load_method(tmp_path / "g" / "runs" / spec.run_name())  # a plain method
         assert m.problem.replicas is None
     again = run_group(group, tmp_path / "g", CPU)
-    assert all(o["skipped"] for o in again)
+    assert [o["skipped"] for o in again] == [True] * len(group)
 
 
 class NaNOnReplica1(GAN):
@@ -230,7 +238,7 @@ def test_killed_group_resumes_to_the_same_numbers(tmp_path, monkeypatch):
         run_group(group, tmp_path / "resumed", CPU)
     monkeypatch.undo()
     outs = run_group(group, tmp_path / "resumed", CPU)
-    assert all(o["resumed_from"] == [8] for o in outs)
+    assert [o["resumed_from"] for o in outs] == [[8]] * len(group)
     for spec in group:
         a = numbers(tmp_path / "whole" / "runs" / spec.run_name())
         b = numbers(tmp_path / "resumed" / "runs" / spec.run_name())

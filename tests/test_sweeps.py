@@ -215,7 +215,7 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, capsys, broken
     argv = ["run", "-m", "nan-at-3", "-m", "raises", "-m", "nan-samples", "-m", "gan",
             "-d", "ring", "--steps", "10", "--eval-every", "5", "--eval-samples", "500",
             "--no-progress", "--jobs", "1", "--out", str(tmp_path)]  # fmt: skip
-    assert main([*argv, "--verbose"]) == 0
+    assert main([*argv, "--verbose"]) == 1  # some runs failed: exit status 1
     report = capsys.readouterr()
     assert "1 ok, 3 failed" in report.err
     assert f"{RunSpec('gan', 'ring', 0, 10, 5, 500).run_name()} step 5/10 loss_d=" in report.err
@@ -235,9 +235,9 @@ def test_failed_runs_are_recorded_and_the_suite_goes_on(tmp_path, capsys, broken
     assert "| raises |" in report.out  # counted in the report, not hidden
 
     # Re-running keeps failed runs; --retry-failed trains them again.
-    assert main(argv) == 0
+    assert main(argv) == 1  # failed runs kept: still not ok
     assert "0 ok, 0 failed, 4 finished earlier" in capsys.readouterr().err
-    assert main([*argv, "--retry-failed"]) == 0
+    assert main([*argv, "--retry-failed"]) == 1
     assert "0 ok, 3 failed, 1 finished earlier" in capsys.readouterr().err
 
 

@@ -12,15 +12,21 @@ how the harness provides it:
     graph, so every replay draws fresh noise and advances them;
   - no host synchronisation in the step (no `.item()`, no data-dependent branch).
 Capture is CUDA-only; on a CPU (or when capture fails) the runner steps eagerly.
+`Stepper` is the update as the training loop calls it, whichever way it runs.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from mcbench.run.progress import log
+
 Step = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+GRAPH_WARMUP = 3  # eager updates before a step is captured (optimiser states exist)
 
 
 def generators(method) -> list[torch.Generator]:
@@ -72,3 +78,57 @@ def capture_step(method, real: torch.Tensor) -> Step | None:
         return out
 
     return step
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a timer around an update needs it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stepper:
+    """One timed update of `method`: `stepper(real) -> (losses, seconds)`.
+
+    Eager by default. With `graphs`, the first `warmup` updates run eagerly on a side
+    stream (`warm`), then the update is captured (`capture`) and replayed. Capture is an
+    optimisation, never fatal: where it raises, training goes on eagerly and
+    `execution` records why. Capture time is not counted as update time.
+    """
+
+    def __init__(
+        self,
+        method: Any,
+        device: torch.device,
+        graphs: bool = False,
+        *,
+        warmup: int = GRAPH_WARMUP,
+        capture: Callable[[Any, torch.Tensor], Step | None] = capture_step,
+        warm: Callable[[Any], Step] = side_stream_step,
+        name: str = "",
+    ) -> None:
+        self.method, self.device, self.name = method, device, name
+        self.execution = "graph" if graphs else "eager"
+        self._update: Step = warm(method) if graphs else method.step
+        self._capture, self._graphs = capture, graphs
+        self._warmup, self._calls = warmup, 0
+
+    def __call__(self, real: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
+        if self._graphs and self._calls == self._warmup:
+            self._capture_now(real)
+        self._calls += 1
+        t0 = time.perf_counter()
+        losses = self._update(real)
+        sync(self.device)
+        return losses, time.perf_counter() - t0
+
+    def _capture_now(self, real: torch.Tensor) -> None:
+        try:
+            captured = self._capture(self.method, real)
+        except Exception as exc:  # capture is an optimisation: never fatal
+            captured = None
+            self.execution = f"eager (capture failed: {type(exc).__name__}: {exc})"
+            log(f"{self.name}: CUDA graph capture failed, eager instead: {exc}")
+        else:
+            if captured is None:
+                self.execution = "eager (no CUDA graph capture on this device)"
+        self._update = captured or self.method.step

@@ -2,13 +2,20 @@
 
 It owns everything that is not the method: device, seeds, the real-data stream, the
 evaluation schedule, timing (evaluation excluded), NaN detection and the run's files.
+`train_group` is the training loop, for one seed or R seeds trained together as
+replicas alike; its parts live beside it in mcbench.run: graphs.Stepper (the timed
+update, eager or CUDA graph), divergence.DivergenceWatch (NaN/inf), evaluation.Evaluator,
+checkpoint.Checkpointer, ledger.Ledger (per-replica rows and failures) and
+progress.Reporter (progress.json, log lines).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -29,20 +36,49 @@ import torch
 import mcbench
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
-from mcbench.plugin.method import rng_state, set_rng_state
 from mcbench.plugin.protocol import get_protocol, make_problem
 from mcbench.plugin.registry import resolve
 from mcbench.plugin.replicas import replica_state
 from mcbench.run import store as res
-from mcbench.run.graphs import capture_step, side_stream_step
+from mcbench.run.checkpoint import Checkpointer
+from mcbench.run.divergence import DivergenceWatch
+from mcbench.run.evaluation import EVAL_CHUNK, Evaluator, generate
+from mcbench.run.graphs import GRAPH_WARMUP, Stepper
+from mcbench.run.ledger import Ledger, Progress
+from mcbench.run.progress import Reporter, log, report_progress
+from mcbench.run.seeds import derive_seed, generator
 
-EVAL_CHUNK = 65_536
-GRAPH_WARMUP = 3  # eager updates before a step is captured (optimiser states exist)
+__all__ = [
+    "EVAL_CHUNK",
+    "GRAPH_WARMUP",
+    "RunSpec",
+    "build",
+    "build_group",
+    "code_identity",
+    "cpu_model",
+    "default_device",
+    "derive_seed",
+    "environment",
+    "finished",
+    "generate",
+    "group_key",
+    "groupable",
+    "load_method",
+    "report_progress",
+    "run",
+    "run_group",
+    "spec_of",
+    "stale",
+    "train",
+    "train_group",
+    "why_redone",
+]
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run. `method` is a selector (``pacgan[m=3]``); `params` more overrides."""
+    """One run. `method` is a selector (``pacgan[m=3]``); `params` more overrides;
+    `protocol` the profile it trains under (`mcbench.plugin.protocol.PROFILES`)."""
 
     method: str
     dataset: str
@@ -51,6 +87,7 @@ class RunSpec:
     eval_every: int
     eval_samples: int
     params: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "common"
 
     def resolved(self) -> dict[str, Any]:
         """The full configuration that determines the numbers (hashed for the key)."""
@@ -67,11 +104,16 @@ class RunSpec:
                 "eval_every": self.eval_every,
                 "eval_samples": self.eval_samples,
             },
-            "protocol": get_protocol(ds.family).as_dict(),
+            "protocol": get_protocol(ds.family, self.protocol, self.dataset).as_dict(),
         }
 
     def key(self) -> str:
-        blob = json.dumps(self.resolved(), sort_keys=True, default=str)
+        """Hash of `resolved`, the protocol as `Protocol.key_dict` (common-protocol runs
+        keep their keys from before profiles; other profiles make other keys)."""
+        config = self.resolved()
+        ds = get_dataset(self.dataset)
+        config["protocol"] = get_protocol(ds.family, self.protocol, self.dataset).key_dict()
+        blob = json.dumps(config, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def run_name(self) -> str:
@@ -79,33 +121,8 @@ class RunSpec:
         return f"{safe}-{self.dataset}-s{self.seed}-{self.key()}"
 
 
-def derive_seed(seed: int, stream: str) -> int:
-    """Independent, reproducible seeds per purpose (init, data, method noise, eval)."""
-    h = hashlib.sha256(f"{seed}:{stream}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def generate(method, n: int, rng: torch.Generator | list[torch.Generator]) -> torch.Tensor:
-    """n samples in chunks, moved to the CPU, drawn with the evaluation stream `rng`
-    (with replicas: one stream per replica, samples (R, n, ...), smaller chunks)."""
-    grouped = isinstance(rng, list)
-    chunk = max(1024, EVAL_CHUNK // len(rng)) if grouped else EVAL_CHUNK
-    out = [method.sample(min(chunk, n - s), rng).float().cpu() for s in range(0, n, chunk)]
-    return torch.cat(out, dim=1 if grouped else 0)
 
 
 def _setup(spec: RunSpec) -> tuple[Any, Any, Any, Any]:
@@ -115,7 +132,12 @@ def _setup(spec: RunSpec) -> tuple[Any, Any, Any, Any]:
     ds = get_dataset(spec.dataset)
     np.random.seed(derive_seed(spec.seed, "numpy") % 2**32)
     random.seed(derive_seed(spec.seed, "python"))
-    return entry, cfg, ds, get_protocol(ds.family)
+    return entry, cfg, ds, get_protocol(ds.family, spec.protocol, spec.dataset)
+
+
+def _pack(cfg: Any) -> int:
+    """The method's pack size (PacGAN's m), for profiles that count a batch in packs."""
+    return int(getattr(cfg, "m", 1))
 
 
 def build(
@@ -124,9 +146,11 @@ def build(
     """The method of a run, seeded and on `device`, with its real-data stream."""
     entry, cfg, ds, proto = _setup(spec)
     torch.manual_seed(derive_seed(spec.seed, "init"))
-    data_rng = _generator(device, derive_seed(spec.seed, "data"))
-    method_rng = _generator(device, derive_seed(spec.seed, "method"))
-    problem = make_problem(ds, proto, device, method_rng, data_rng, capturable=capturable)
+    data_rng = generator(device, derive_seed(spec.seed, "data"))
+    method_rng = generator(device, derive_seed(spec.seed, "method"))
+    problem = make_problem(
+        ds, proto, device, method_rng, data_rng, capturable=capturable, pack=_pack(cfg)
+    )
     return entry.cls(problem, cfg), ds, data_rng
 
 
@@ -139,7 +163,7 @@ def groupable(specs: list[RunSpec]) -> bool:
     same = all(dataclasses.replace(s, seed=first.seed) == first for s in specs) and len(
         {s.seed for s in specs}
     ) == len(specs)
-    return same and resolve(first.method, first.params)[0].cls.replicas
+    return same and resolve(first.method, first.params)[0].cls.vectorized
 
 
 def build_group(
@@ -152,10 +176,10 @@ def build_group(
     for spec in specs:
         torch.manual_seed(derive_seed(spec.seed, "init"))
         init_states.append(torch.get_rng_state())
-    data_rngs = [_generator(device, derive_seed(s.seed, "data")) for s in specs]
-    method_rngs = [_generator(device, derive_seed(s.seed, "method")) for s in specs]
+    data_rngs = [generator(device, derive_seed(s.seed, "data")) for s in specs]
+    method_rngs = [generator(device, derive_seed(s.seed, "method")) for s in specs]
     problem = make_problem(
-        ds, proto, device, method_rngs, data_rngs, init_states, capturable=capturable
+        ds, proto, device, method_rngs, data_rngs, init_states, capturable, _pack(cfg)
     )
     return entry.cls(problem, cfg), ds, data_rngs
 
@@ -176,6 +200,7 @@ def spec_of(config: dict[str, Any]) -> RunSpec:
         b["eval_every"],
         b["eval_samples"],
         config.get("params", {}),
+        config.get("protocol", {}).get("name", "common"),
     )
 
 
@@ -187,78 +212,6 @@ def load_method(run_dir: Path, device: torch.device | None = None) -> Any:
     state = torch.load(Path(run_dir) / "generator.pt", map_location=device)
     method.generator_module().load_state_dict(state)
     return method
-
-
-def _host_state(device: torch.device) -> dict[str, Any]:
-    """Global RNG states a method or dataset may draw from without a generator."""
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": _numpy_state_out(np.random.get_state()),
-        "python": random.getstate(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _numpy_state_out(st: tuple) -> list:
-    return [st[0], torch.from_numpy(np.asarray(st[1], dtype=np.int64)), *st[2:]]
-
-
-def _set_host_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-@dataclass
-class _Progress:
-    """What a run (or a group of replicas) has done so far; saved in each checkpoint
-    with the method's state. Rows carry their seed; `failed` maps the seed of each
-    replica that failed to its step and reason."""
-
-    step: int = 0
-    rows: list[dict] = field(default_factory=list)
-    train_time: float = 0.0
-    interval_time: float = 0.0
-    interval_steps: int = 0
-    resumed_from: list[int] = field(default_factory=list)
-    failed: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-
-def _save_checkpoint(path: Path, key: str, method, data_rng, device, prog: _Progress):
-    res.save_checked(
-        path,
-        {
-            "key": key,
-            "progress": dataclasses.asdict(prog),
-            "method": method.state_dict(),
-            "method_extra": method.extra_state(),
-            "rng_method": rng_state(method.problem.rng),
-            "rng_data": rng_state(data_rng),
-            "rng_host": _host_state(device),
-        },
-    )
-
-
-def _load_checkpoint(path: Path, key: str, method, data_rng, device) -> _Progress:
-    ck = res.load_checked(path)
-    if ck["key"] != key:
-        raise ValueError(f"{path} belongs to another configuration")
-    method.load_state_dict(ck["method"])
-    method.load_extra_state(ck["method_extra"])
-    set_rng_state(method.problem.rng, ck["rng_method"])
-    set_rng_state(data_rng, ck["rng_data"])
-    _set_host_state(ck["rng_host"], device)
-    return _Progress(**ck["progress"])
-
-
-def _log(msg: str) -> None:
-    print(f"mcbench: {msg}", file=sys.stderr, flush=True)
 
 
 def train(
@@ -295,12 +248,12 @@ def train_group(
     *,
     checkpoint: Path | None = None,
     checkpoint_every: int | None = None,
-    progress: list[Path] | None = None,
+    progress: list[Path | None] | None = None,
     verbose: bool = False,
     graphs: bool = False,
 ) -> tuple[list[tuple[list[dict], dict]], Any]:
     """Train runs that differ only in seed as vectorised replicas (one run: the plain
-    method); returns ((rows, status) per spec, method).
+    method, a group of one); returns ((rows, status) per spec, method).
 
     Each replica is recorded as its own run: its losses, evaluations, divergence and
     failure are its own (a replica that diverges is marked failed at its step while the
@@ -310,179 +263,72 @@ def train_group(
     (mcbench.run.graphs); where capture is impossible or fails, training goes on eagerly.
     """
     device = device or default_device()
-    spec = specs[0]
-    every = checkpoint_every or spec.eval_every
-    grouped = len(specs) > 1
-    if grouped and not groupable(specs):
-        raise ValueError("these runs cannot train as replicas of one another")
-    key = group_key(specs)
-
-    capture = graphs and device.type == "cuda"
-    execution = "graph" if capture else "eager"
-
-    def make():
-        if grouped:
-            return build_group(specs, device, capturable=capture)
-        return build(spec, device, capturable=capture)
-
-    method, ds, data_rng = make()
-    prog = _Progress()
-    if checkpoint is not None and checkpoint.exists():
-        try:
-            prog = _load_checkpoint(checkpoint, key, method, data_rng, device)
-            prog.resumed_from.append(prog.step)
-            if verbose:
-                _log(f"{spec.run_name()} resumes at step {prog.step}")
-        except Exception as exc:  # damaged or foreign: start over, never half-load
-            _log(f"{spec.run_name()}: ignoring checkpoint ({type(exc).__name__}: {exc})")
-            method, ds, data_rng = make()
-            prog = _Progress()
-    n_rep = len(specs)
-    seeds = [s.seed for s in specs]
-    alive = [r for r in range(n_rep) if seeds[r] not in prog.failed]
-    batch_size = method.problem.batch_size
-    final_samples: list[torch.Tensor | None] = [None] * n_rep
-    first_bad = torch.zeros(n_rep if grouped else (), dtype=torch.long, device=device)
-    latest: list[dict[str, float]] = [{} for _ in specs]
-    for r in range(n_rep):
-        mine = [row for row in prog.rows if row["seed"] == seeds[r]]
-        if mine:
-            latest[r] = {x["metric"]: x["value"] for x in mine if x["step"] == mine[-1]["step"]}
+    spec, capture = specs[0], graphs and device.type == "cuda"
+    saver = Checkpointer(checkpoint, group_key(specs), checkpoint_every or spec.eval_every, device)
+    method, ds, data_rng, prog = _build_or_resume(specs, device, capture, saver, verbose)
+    ledger = Ledger(specs, prog)
+    watch = DivergenceWatch(len(specs), device)
+    evaluate = Evaluator(method, ds, spec.eval_samples, device)
+    update = Stepper(method, device, capture, name=spec.run_name())
+    report = Reporter(specs, progress, verbose, checkpoint)
     step = prog.step
-
-    def part(t, r: int):
-        return t[r] if grouped else t
-
-    def record(r: int, step: int, metric: str, value: float) -> None:
-        prog.rows.append(
-            {
-                "method": spec.method,
-                "dataset": spec.dataset,
-                "seed": seeds[r],
-                "step": step,
-                "metric": metric,
-                "value": float(value),  # plain floats: checkpoints load with weights_only
-                "wall_time": prog.train_time,
-            }
-        )
-        latest[r][metric] = float(value)
-
-    def fail(r: int, step: int, reason: str, **extra: Any) -> None:
-        prog.failed[seeds[r]] = {"failed_step": step, "reason": reason, **extra}
-        alive.remove(r)
-
-    stepper = side_stream_step(method) if capture else method.step
     try:
         for step in range(prog.step + 1, spec.steps + 1):
-            if not alive:
+            if not ledger.alive:
                 break
-            real = method.problem.sample_real(batch_size)
-            if capture and step - prog.step == GRAPH_WARMUP + 1:
-                try:
-                    stepper = capture_step(method, real) or method.step
-                except Exception as exc:  # capture is an optimisation: never fatal
-                    stepper = method.step
-                    execution = f"eager (capture failed: {type(exc).__name__}: {exc})"
-                    _log(f"{spec.run_name()}: CUDA graph capture failed, eager instead: {exc}")
-            t0 = time.perf_counter()
-            losses = stepper(real)
-            _sync(device)
-            dt = time.perf_counter() - t0
-            prog.train_time += dt
-            prog.interval_time += dt
-            prog.interval_steps += 1
-            if losses:  # the first step with a non-finite loss, kept on the device (no
-                # host sync per step; NaN or inf in any loss makes the sum non-finite)
-                vals = list(losses.values())
-                total = vals[0]
-                for v in vals[1:]:
-                    total = total + v
-                ok = torch.isfinite(torch.as_tensor(total)) | (first_bad > 0)
-                first_bad = torch.where(ok, first_bad, step)
-            evaluate = step % spec.eval_every == 0 or step == spec.steps
-            save = checkpoint is not None and step % every == 0 and step < spec.steps
-            if evaluate or save:
-                bad = first_bad.reshape(-1).tolist()
-                for r in list(alive):
-                    if bad[r]:
-                        fail(r, bad[r], f"a loss is NaN or inf at step {bad[r]}")
-            if evaluate and alive:
-                for r in alive:
-                    latest[r] = {}  # filled by `record` with this evaluation's values
-                    for k, v in losses.items():
-                        record(r, step, f"loss_{k}", float(part(v, r)))
-                    ms = 1000 * prog.interval_time / prog.interval_steps / n_rep
-                    record(r, step, "step_time_ms", ms)
-                prog.interval_time, prog.interval_steps = 0.0, 0
-                rngs = [_generator(device, derive_seed(sd, f"eval{step}")) for sd in seeds]
-                x = generate(method, spec.eval_samples, rngs if grouped else rngs[0])
-                diagnostics = method.diagnostics()
-                for r in list(alive):
-                    xr = part(x, r)
-                    if not torch.isfinite(xr).all():
-                        fail(r, step, f"generated samples contain NaN or inf at step {step}")
-                        continue
-                    for k, v in ds.evaluate(xr).items():
-                        record(r, step, k, v)
-                    for k, v in diagnostics.items():
-                        record(r, step, k, float(part(v, r)))
-                    final_samples[r] = xr
-                    if verbose:
-                        shown = " ".join(f"{k}={v:.4g}" for k, v in latest[r].items())
-                        _log(f"{specs[r].run_name()} step {step}/{spec.steps} {shown}")
-            if save and alive:
-                prog.step = step
-                _save_checkpoint(checkpoint, key, method, data_rng, device, prog)
-            if progress is not None and (evaluate or save):
-                for r in alive:
-                    report_progress(
-                        progress[r], specs[r], step, latest[r], prog.train_time, prog.step
-                    )
+            losses, seconds = update(method.problem.sample_real(method.problem.batch_size))
+            prog.timed(seconds)
+            watch.observe(step, losses)  # on the device: no host sync per step
+            evaluating = step % spec.eval_every == 0 or step == spec.steps
+            saving = saver.due(step, spec.steps)
+            if not (evaluating or saving):
+                continue
+            for r, bad in watch.first_bad().items():
+                ledger.fail(r, bad, f"a loss is NaN or inf at step {bad}")
+            if evaluating and ledger.alive:
+                evaluate(step, losses, ledger)
+            if saving and ledger.alive:
+                saver.save(step, method, data_rng, prog)
+            report(step, ledger, evaluated=evaluating)
     except McbenchError:
         raise
     except Exception as exc:  # a method bug must not take the suite down with it
-        reason = f"{type(exc).__name__}: {exc}"
-        for r in list(alive):
-            fail(r, step, reason, traceback=traceback.format_exc())
-    out = []
-    for r in range(n_rep):
-        status: dict[str, Any] = {"status": "ok", "failed_step": None, "reason": None}
-        if seeds[r] in prog.failed:
-            status = {"status": "failed", **prog.failed[seeds[r]]}
-        status["train_time_s"] = prog.train_time
-        status["resumed_from"] = list(prog.resumed_from)
-        status["final_samples"] = final_samples[r]
-        status["replicas"] = n_rep
-        status["execution"] = execution
-        rows = [row for row in prog.rows if row["seed"] == seeds[r]]
-        out.append((rows, status))
-    return out, method
+        for r in list(ledger.alive):
+            ledger.fail(r, step, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    return ledger.outcomes(update.execution), method
 
 
-def report_progress(
-    path: Path,
-    spec: RunSpec,
-    step: int,
-    latest: dict[str, float],
-    train_time: float,
-    checkpoint_step: int = 0,
-) -> None:
-    """progress.json of a running run (its step, the metrics of its latest evaluation
-    and the step a restart would resume from), read by `mcbench status`."""
-    res.write_json_atomic(
-        path,
-        {
-            "run": spec.run_name(),
-            "step": step,
-            "steps": spec.steps,
-            "checkpoint_step": checkpoint_step,
-            "metrics": latest,
-            "train_time_s": train_time,
-            "updated": time.time(),
-            "host": platform.node(),
-            "pid": os.getpid(),
-        },
-    )
+def _build_or_resume(
+    specs: list[RunSpec],
+    device: torch.device,
+    capturable: bool,
+    saver: Checkpointer,
+    verbose: bool,
+) -> tuple[Any, Any, Any, Progress]:
+    """The group's method, dataset, data stream(s) and progress: fresh, or resumed from
+    the checkpoint when it holds a valid one of this configuration. This is where one
+    seed and R seeds differ (a plain method, or replicas); the loop treats both alike."""
+    if len(specs) > 1 and not groupable(specs):
+        raise ValueError("these runs cannot train as replicas of one another")
+
+    def make() -> tuple[Any, Any, Any]:
+        if len(specs) > 1:
+            return build_group(specs, device, capturable=capturable)
+        return build(specs[0], device, capturable=capturable)
+
+    name = specs[0].run_name()
+    method, ds, data_rng = make()
+    try:
+        prog = saver.restore(method, data_rng)
+    except Exception as exc:  # damaged or foreign: start over, never half-load
+        log(f"{name}: ignoring checkpoint ({type(exc).__name__}: {exc})")
+        (method, ds, data_rng), prog = make(), None
+    if prog is None:
+        return method, ds, data_rng, Progress()
+    prog.resumed_from.append(prog.step)
+    if verbose:
+        log(f"{name} resumes at step {prog.step}")
+    return method, ds, data_rng, prog
 
 
 def cpu_model() -> str:
@@ -514,15 +360,75 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def _own_file(path: str | None) -> bool:
+    """A source file of the project or a plugin (not the standard library, not an
+    installed third-party package such as torch)."""
+    if not path or not path.endswith(".py"):
+        return False
+    return "site-packages" not in path and not path.startswith(sys.base_prefix)
+
+
+@functools.cache
+def _source_hash(cls: type) -> str:
+    """sha256 of the source files that define `cls`: the modules of its class hierarchy
+    and the project modules its own module imports (e.g. methods/blocks/*), hashed by
+    content, so that moving the checkout keeps it and editing any of them changes it.
+    Cached per class: the code a process runs is the code it imported."""
+    files: set[str] = set()
+    for k in cls.__mro__:
+        with contextlib.suppress(TypeError, OSError):
+            files.add(inspect.getsourcefile(k) or "")
+    module = sys.modules.get(cls.__module__)
+    for obj in vars(module).values() if module else ():
+        mod = obj if inspect.ismodule(obj) else sys.modules.get(getattr(obj, "__module__", ""))
+        files.add(getattr(mod, "__file__", None) or "")
+    digests = sorted(res.sha256_file(Path(f)) for f in files if _own_file(f) and Path(f).is_file())
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def code_identity(method: str, params: dict[str, Any] | None = None) -> dict[str, str]:
+    """What code produced a run (recorded in config.json["code"]): the harness version
+    and a hash of the method's source files. A finished run whose code differs from the
+    current code is stale and trained again (see `stale`)."""
+    entry, _ = resolve(method, params or {})
+    return {"mcbench": mcbench.__version__, "method_source": _source_hash(entry.cls)}
+
+
+def stale(cfg: dict[str, Any]) -> str | None:
+    """Why a finished run's results are not those of the current code, or None. Runs
+    that predate the record (the committed reference runs) are "code unknown": kept."""
+    recorded = cfg.get("code")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        now = code_identity(cfg["method"], cfg.get("params", {}))
+    except (McbenchError, KeyError):
+        return None  # a method that no longer exists: nothing newer to train it with
+    if recorded.get("method_source") != now["method_source"]:
+        return "the method's source code changed since this run"
+    if recorded.get("mcbench") != now["mcbench"]:
+        return f"mcbench changed ({recorded.get('mcbench')} -> {now['mcbench']})"
+    return None
+
+
 def finished(final: Path, retry_failed: bool = False) -> dict[str, Any] | None:
-    """The config of a published run that needs no work: complete, its files intact,
-    and ok (or failed, unless `retry_failed`)."""
+    """The config of a published run that needs no work: complete, its config and files
+    intact, produced by the current code, and ok (or failed, unless `retry_failed`)."""
     cfg = res.verify_run(final)
-    if cfg is None:
+    if cfg is None or stale(cfg) is not None:
         return None
     if cfg.get("status") == "ok" or (cfg.get("status") == "failed" and not retry_failed):
         return cfg
     return None
+
+
+def why_redone(final: Path) -> str | None:
+    """Why a published run folder is trained again (damaged, edited or stale), naming
+    the file at fault; None when there is no folder or nothing is wrong with it."""
+    if not final.exists():
+        return None
+    cfg, why = res.check_run(final)
+    return why if cfg is None else stale(cfg)
 
 
 def run(
@@ -566,76 +472,108 @@ def run_group(
     graphs: bool = False,
 ) -> list[dict[str, Any]]:
     """`run` for runs that differ only in seed, trained together as replicas: each run
-    is locked, staged, checkpointed (the group's checkpoint lives in the first run's
-    staging folder) and published on its own, exactly like a sequential run."""
+    is locked, staged and published on its own, exactly like a sequential run.
+
+    A group is trained whole whenever any of its runs needs work (one missing after a
+    kill between two publishes, one damaged or stale): a seed's numbers are those of its
+    group, so only retraining the group reproduces them. Only the runs that need it are
+    published; the group's checkpoint lives in the staging folder of the first of them
+    and is published last, so a kill at any moment resumes the whole group from it."""
     device = device or default_device()
     finals = [Path(results_dir) / "runs" / s.run_name() for s in specs]
-    outcomes: dict[int, dict[str, Any]] = {}
+
+    def done() -> list[dict[str, Any] | None]:
+        return [None if force else finished(f, retry_failed) for f in finals]
+
+    earlier = done()
+    if all(cfg is not None for cfg in earlier):
+        return [{**cfg, "skipped": True} for cfg in earlier if cfg is not None]
     with contextlib.ExitStack() as stack:
-        todo = []
-        for i, (spec, final) in enumerate(zip(specs, finals, strict=True)):
-            if not force and (done := finished(final, retry_failed)) is not None:
-                outcomes[i] = {**done, "skipped": True}
-                continue
-            if not stack.enter_context(res.run_lock(res.lock_path(final))):
-                outcomes[i] = {
+        # every member's lock: a finished member's lock is held by whoever repairs it
+        mine = [stack.enter_context(res.run_lock(res.lock_path(f))) for f in finals]
+        if not all(mine):
+            return [
+                {**cfg, "skipped": True}
+                if cfg is not None
+                else {
                     "run": spec.run_name(),
                     "status": "busy",
-                    "skipped": True,
-                    "reason": "another process is training this run",
+                    "skipped": False,
+                    "reason": "another process is training this run (or its group)",
                 }
-                continue
-            if not force and (done := finished(final, retry_failed)) is not None:
-                outcomes[i] = {**done, "skipped": True}  # published while we waited
-                continue
-            todo.append(i)
-        if todo:
-            group = [specs[i] for i in todo]
-            published = _train_and_publish(
-                group, [finals[i] for i in todo], device, checkpoint_every, verbose, graphs
-            )
-            outcomes.update(zip(todo, published, strict=True))
-    return [outcomes[i] for i in range(len(specs))]
+                for spec, cfg in zip(specs, earlier, strict=True)
+            ]
+        earlier = done()  # published while we looked
+        todo = [i for i, cfg in enumerate(earlier) if cfg is None]
+        if not todo:
+            return [{**cfg, "skipped": True} for cfg in earlier if cfg is not None]
+        published = _train_and_publish(
+            specs, finals, todo, device, checkpoint_every, verbose, graphs
+        )
+    return [
+        published[i] if i in published else {**(earlier[i] or {}), "skipped": True}
+        for i in range(len(specs))
+    ]
 
 
 def _train_and_publish(
     specs: list[RunSpec],
     finals: list[Path],
+    todo: list[int],
     device: torch.device,
     checkpoint_every: int | None,
     verbose: bool,
     graphs: bool = False,
-) -> list[dict[str, Any]]:
+) -> dict[int, dict[str, Any]]:
+    """Train the whole group, publish runs `todo` (indices into specs); the others are
+    finished already and keep their folders."""
     partials = [res.partial_dir(f) for f in finals]
-    ckpt = partials[0] / res.CHECKPOINT
-    for partial in partials:
-        if partial.exists() and not (partial / res.CHECKPOINT).exists():
-            shutil.rmtree(partial)  # leftovers of an interrupted publish: start over
-        partial.mkdir(parents=True, exist_ok=True)
+    home = partials[todo[0]]  # the group's checkpoint: published last
+    ckpt = home / res.CHECKPOINT
+    for i, partial in enumerate(partials):
+        if i != todo[0] and (partial / res.CHECKPOINT).exists():
+            home.mkdir(parents=True, exist_ok=True)  # the group's checkpoint moved home:
+            if not ckpt.exists():  # its key decides whether it is still valid
+                os.replace(partial / res.CHECKPOINT, ckpt)
+        if i not in todo:
+            shutil.rmtree(partial, ignore_errors=True)
+    for i in todo:
+        if partials[i].exists() and not (partials[i] / res.CHECKPOINT).exists():
+            shutil.rmtree(partials[i])  # leftovers of an interrupted publish: start over
+        partials[i].mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     out, method = train_group(
         specs,
         device,
         checkpoint=ckpt,
         checkpoint_every=checkpoint_every,
-        progress=[p / res.PROGRESS for p in partials],
+        progress=[partials[i] / res.PROGRESS if i in todo else None for i in range(len(specs))],
         verbose=verbose,
         graphs=graphs,
     )
     wall = time.perf_counter() - t0
     state = method.generator_module().state_dict()
-    configs: list[dict[str, Any]] = [{} for _ in specs]
-    # The first run's folder holds the group's checkpoint: it is published last.
-    for r in reversed(range(len(specs))):
+    configs: dict[int, dict[str, Any]] = {}
+    for r in reversed(todo):  # the checkpoint's folder (todo[0]) goes last
         rows, status = out[r]
         generator = state if len(specs) == 1 else replica_state(state, r)
         every = checkpoint_every or specs[r].eval_every
         configs[r] = _publish(
             specs[r], finals[r], partials[r], rows, status, generator, wall, device, every
         )
+        _after_publish(configs[r])
         if verbose:
-            _log(f"{specs[r].run_name()} {status['status']}")
+            log(f"{specs[r].run_name()} {status['status']}")
     return configs
+
+
+def _after_publish(config: dict[str, Any]) -> None:
+    """A hook between two publishes of a group; tests set MCBENCH_TEST_KILL_AFTER_PUBLISH
+    to a run name to SIGKILL this process right after that run is published."""
+    if os.environ.get("MCBENCH_TEST_KILL_AFTER_PUBLISH") == config["run"]:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _publish(
@@ -675,6 +613,7 @@ def _publish(
     config["environment"] = environment(device)
     config["dataset_info"] = get_dataset(spec.dataset).info()
     config["checkpoint_every"] = checkpoint_every
+    config["code"] = code_identity(spec.method, spec.params)
     res.write_csv_atomic(partial / "metrics.csv", pd.DataFrame(rows, columns=res.COLUMNS))
     buf = io.BytesIO()
     torch.save({k: v.detach().clone() for k, v in generator.items()}, buf)
@@ -683,6 +622,8 @@ def _publish(
         get_dataset(spec.dataset).artifacts(final_samples, partial)
     config["files"] = {n: res.sha256_file(partial / n) for n in res.CHECKED_FILES}
     config["complete"] = True  # written last: a config.json without it is unfinished
+    config = json.loads(json.dumps(config, default=str))  # as it will read back
+    config["checksum"] = res.config_checksum(config)  # an edit anywhere is noticed
     for name in (res.CHECKPOINT, res.PROGRESS):
         (partial / name).unlink(missing_ok=True)
     for tmp in partial.glob(".*.tmp"):  # left by a process killed mid-write

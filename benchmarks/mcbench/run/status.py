@@ -31,16 +31,20 @@ def status(results_dir: Path) -> dict[str, Any]:
     results_dir = Path(results_dir)
     if not (results_dir / "runs").is_dir():
         raise McbenchError(f"no runs under {results_dir} (expected {results_dir}/runs)")
+    from mcbench.run.runner import stale
+
     out: dict[str, Any] = {"ok": [], "failed": [], "damaged": [], "in_progress": []}
     for d in res.run_dirs(results_dir):
-        cfg = res.verify_run(d)
+        cfg, why = res.check_run(d)
         if cfg is None:
-            out["damaged"].append({"run": d.name})
-        elif cfg.get("status") == "ok":
-            out["ok"].append({"run": d.name, "wall_time_s": cfg.get("wall_time_s")})
+            out["damaged"].append({"run": d.name, "reason": why})
+            continue
+        entry = {"run": d.name, "stale": stale(cfg)}
+        if cfg.get("status") == "ok":
+            out["ok"].append({**entry, "wall_time_s": cfg.get("wall_time_s")})
         else:
             out["failed"].append(
-                {"run": d.name, "step": cfg.get("failed_step"), "reason": cfg.get("reason")}
+                {**entry, "step": cfg.get("failed_step"), "reason": cfg.get("reason")}
             )
     for p in res.partial_dirs(results_dir):
         name = p.name[1 : -len(".partial")]
@@ -48,7 +52,9 @@ def status(results_dir: Path) -> dict[str, Any]:
         with contextlib.suppress(OSError, ValueError):
             entry.update(json.loads((p / res.PROGRESS).read_text()))
         entry["running"] = res.is_locked(res.lock_path(p.parent / name))
-        entry["checkpoint"] = (p / res.CHECKPOINT).exists()
+        # a group's checkpoint lives in its first run's folder: every member resumes there
+        held = entry.get("checkpoint_file") or f"{p.name}/{res.CHECKPOINT}"
+        entry["checkpoint"] = (p.parent / held).exists()
         out["in_progress"].append(entry)
     return out
 
@@ -73,5 +79,9 @@ def format_status(st: dict[str, Any]) -> str:
     for e in st["failed"]:
         lines.append(f"  failed      {e['run']}  at step {e['step']}: {e['reason']}")
     for e in st["damaged"]:
-        lines.append(f"  damaged     {e['run']}  (redone on the next `mcbench run`)")
+        why = f": {e['reason']}" if e.get("reason") else ""
+        lines.append(f"  damaged     {e['run']}{why} (redone on the next `mcbench run`)")
+    for e in [*st["ok"], *st["failed"]]:
+        if e.get("stale"):
+            lines.append(f"  stale       {e['run']}: {e['stale']} (redone by `mcbench run`)")
     return "\n".join(lines)

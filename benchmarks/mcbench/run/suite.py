@@ -6,17 +6,21 @@ the budget (``steps``, ``eval_every``, ``eval_samples``), optional ``exclude`` (
 names left out of "all"), ``checkpoint_every`` (steps; default: at each evaluation),
 ``[params.<method>]`` hyperparameter overrides, ``[budget.<dataset>]`` budget
 overrides and ``replicas`` (most seeds trained together as vectorised replicas; default:
-all of a configuration's seeds; 1 trains one seed at a time).
+all of a configuration's seeds; 1 trains one seed at a time) and ``protocol`` (the
+profile every run trains under: "common", the default, or a paper's, e.g. "pacgan").
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 import tempfile
 import threading
+import time
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -26,11 +30,19 @@ from typing import Any
 import torch
 
 from mcbench.datasets import get_dataset
-from mcbench.errors import McbenchError
-from mcbench.plugin.protocol import get_protocol
+from mcbench.errors import McbenchError, did_you_mean
+from mcbench.plugin.protocol import check_profile, get_protocol
 from mcbench.plugin.registry import distinct_methods, methods, parse_selector, resolve
 from mcbench.run import store as res
-from mcbench.run.runner import RunSpec, default_device, finished, groupable, run_group
+from mcbench.run.progress import log
+from mcbench.run.runner import (
+    RunSpec,
+    default_device,
+    finished,
+    groupable,
+    run_group,
+    why_redone,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,6 +60,7 @@ SUITE_KEYS = {
     "budget",
     "checkpoint_every",
     "replicas",
+    "protocol",
     *BUDGET_KEYS,
 }
 
@@ -69,15 +82,24 @@ def suite_names() -> list[str]:
 def _read(name_or_path: str) -> tuple[str, dict[str, Any]]:
     path = Path(name_or_path)
     if name_or_path.endswith(".toml"):
+        if path.is_dir():
+            raise McbenchError(f"suite file {name_or_path} is a folder: expected a TOML file")
         if not path.is_file():
             raise McbenchError(f"suite file {name_or_path} does not exist")
-        text, name = path.read_text(), path.stem
+        try:  # TOML is UTF-8 by definition: anything else is not a suite file
+            text, name = path.read_bytes().decode("utf-8"), path.stem
+        except UnicodeDecodeError as exc:
+            raise McbenchError(
+                f"suite file {name_or_path} is not UTF-8 text (byte {exc.start}): "
+                "expected a TOML suite file"
+            ) from None
     elif name_or_path in suite_names():
         text = resources.files("mcbench.run.suites").joinpath(f"{name_or_path}.toml").read_text()
         name = name_or_path
     else:
         raise McbenchError(
-            f"unknown suite {name_or_path!r}; choices: {', '.join(suite_names())} "
+            f"unknown suite {name_or_path!r}{did_you_mean(name_or_path, suite_names())}; "
+            f"choices: {', '.join(suite_names())} "
             "(or a path to a .toml file)"
         )
     try:
@@ -151,7 +173,7 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
         for m in _str_list(where, "exclude", exclude):
             if m not in registered:
                 raise McbenchError(
-                    f"{where}: exclude names unknown method {m!r}; "
+                    f"{where}: exclude names unknown method {m!r}{did_you_mean(m, registered)}; "
                     f"choices: {', '.join(sorted(registered))}"
                 )
     selected = raw["methods"]
@@ -173,7 +195,7 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
     for m in params:
         if m not in registered:
             raise McbenchError(
-                f"{where}: [params.{m}] names an unknown method; "
+                f"{where}: [params.{m}] names an unknown method{did_you_mean(m, registered)}; "
                 f"choices: {', '.join(sorted(registered))}"
             )
     budgets = _table(where, "budget", raw.get("budget", {}))
@@ -195,9 +217,14 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
     replicas = raw.get("replicas")
     if replicas is not None:
         _positive_int(where, "replicas", replicas)
+    protocol = raw.get("protocol", "common")
+    if not isinstance(protocol, str):
+        raise McbenchError(f"{where}: protocol must be a profile name, got {protocol!r}")
+    check_profile(protocol)
     specs = []
     for dataset in datasets:
         check_dataset(dataset)
+        proto = get_protocol(get_dataset(dataset).family, protocol, dataset)
         budget = {k: raw[k] for k in BUDGET_KEYS} | budgets.get(dataset, {})
         w = f"{where}, dataset {dataset}" if dataset in budgets else where
         for k in BUDGET_KEYS:
@@ -210,7 +237,8 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
         for selector in selected:
             base, _ = parse_selector(selector)
             extra = params.get(base, {})
-            resolve(selector, extra)  # validates name and hyperparameters now
+            entry, cfg = resolve(selector, extra)  # validates name and hyperparameters now
+            entry.cls.check_protocol(cfg, proto)
             for seed in seeds:
                 specs.append(
                     RunSpec(
@@ -221,6 +249,7 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
                         budget["eval_every"],
                         budget["eval_samples"],
                         extra,
+                        protocol,
                     )
                 )
     return Suite(name, raw.get("description", ""), specs, checkpoint_every, replicas)
@@ -234,7 +263,7 @@ def _device_slot_dir() -> Path:
 def device_slot(device: str | None) -> Iterator[torch.device]:
     """The device of one run. An explicit device (``cpu``, ``cuda:1``) is used as given;
     otherwise (None or a bare ``cuda``), with several GPUs, each concurrent run on this
-    machine takes a GPU nobody else holds (a flock per GPU, released when the run ends
+    machine takes a GPU nobody else holds (a file lock per GPU, released when the run ends
     or its process dies)."""
     if device and device != "cuda":
         yield torch.device(device)
@@ -243,22 +272,12 @@ def device_slot(device: str | None) -> Iterator[torch.device]:
     if n <= 1:
         yield torch.device(device) if device else default_device()
         return
-    import fcntl
-
     folder = _device_slot_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        fd = os.open(folder / f"cuda{i}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            continue
-        try:
-            yield torch.device(f"cuda:{i}")
-        finally:
-            os.close(fd)
-        return
+        with res.try_lock(folder / f"cuda{i}.lock") as mine:
+            if mine:
+                yield torch.device(f"cuda:{i}")
+                return
     yield torch.device(f"cuda:{os.getpid() % n}")  # more workers than GPUs: share
 
 
@@ -296,9 +315,10 @@ def _worker(
     """One unit of work (a run, or runs trained together as replicas) in a worker (this
     process, a joblib process or a Dask worker). Anything that escapes the runs (a full
     disk, a broken plugin) is reported, not raised, so that the other runs go on. A
-    joblib worker whose `parent` died (the suite was killed) exits instead of starting."""
-    if parent is not None and os.getppid() != parent:
-        os._exit(1)  # an orphaned joblib worker: nobody waits for this run any more
+    joblib worker whose `parent` died (the suite was killed) exits at once, even mid-run:
+    its checkpoint and lock are the next command's (see `_watch_parent`)."""
+    if parent is not None:
+        _watch_parent(parent)
     with _ONE_RUN_PER_PROCESS:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -312,6 +332,7 @@ def _worker(
                     "run": spec.run_name(),
                     "status": "error",
                     "reason": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc(),
                     "skipped": False,
                 }
                 for spec in specs
@@ -320,7 +341,40 @@ def _worker(
             torch.set_num_threads(before)
 
 
-OUTCOME_KEYS = ("run", "status", "reason", "failed_step", "skipped", "wall_time_s", "replicas")
+PARENT_POLL_S = 0.2
+_watched: set[int] = set()
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker process when `parent` (the `mcbench run` that started it) is gone,
+    however it died (SIGKILL included): a daemon thread polls os.getppid(), which changes
+    when the parent dies (the worker is re-parented). Otherwise a killed command's
+    workers would train on unseen, holding the runs' locks, while a re-run reports those
+    runs as someone else's or, once published, as finished earlier."""
+    if os.getppid() != parent:
+        os._exit(1)  # orphaned before we started: nobody waits for this run any more
+    if parent in _watched:
+        return
+    _watched.add(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mcbench-parent-watch", daemon=True).start()
+
+
+OUTCOME_KEYS = (
+    "run",
+    "status",
+    "reason",
+    "failed_step",
+    "skipped",
+    "wall_time_s",
+    "replicas",
+    "traceback",
+)
 
 
 def group_runs(specs: list[RunSpec], replicas: int | None = None) -> list[list[RunSpec]]:
@@ -354,18 +408,55 @@ def default_jobs(device: str | None, scheduler: str | None = None) -> int:
 
 
 def plan(
-    specs: Iterable[RunSpec], results_dir: Path, retry_failed: bool = False
-) -> tuple[list[RunSpec], list[dict[str, Any]]]:
-    """Split a suite into runs still to do and finished ones (duplicates dropped)."""
-    unique = {s.run_name(): s for s in specs}
-    todo, done = [], []
-    for name, spec in unique.items():
-        cfg = finished(Path(results_dir) / "runs" / name, retry_failed)
-        if cfg is None:
-            todo.append(spec)
+    specs: Iterable[RunSpec],
+    results_dir: Path,
+    retry_failed: bool = False,
+    replicas: int | None = 1,
+) -> tuple[list[list[RunSpec]], list[RunSpec], list[dict[str, Any]]]:
+    """Split a suite (duplicates dropped) into units of work, the runs they must publish,
+    and finished runs. A unit (see `group_runs`) is kept whole when any of its runs needs
+    work: its finished members are retrained with it (their numbers are the group's) but
+    not published again."""
+    unique = list({s.run_name(): s for s in specs}.values())
+    units, todo, done = [], [], []
+    for unit in group_runs(unique, replicas):
+        cfgs = [finished(Path(results_dir) / "runs" / s.run_name(), retry_failed) for s in unit]
+        for spec, cfg in zip(unit, cfgs, strict=True):
+            why = why_redone(Path(results_dir) / "runs" / spec.run_name()) if cfg is None else None
+            if why:
+                log(f"{spec.run_name()} is trained again: {why}")
+        if any(cfg is None for cfg in cfgs):
+            units.append(unit)
+            todo += [s for s, cfg in zip(unit, cfgs, strict=True) if cfg is None]
         else:
-            done.append({**{k: cfg.get(k) for k in OUTCOME_KEYS}, "skipped": True})
-    return todo, done
+            done += [{**_outcome(cfg), "skipped": True} for cfg in cfgs if cfg is not None]
+    return units, todo, done
+
+
+def _outcome(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: cfg.get(k) for k in OUTCOME_KEYS}
+
+
+def check_writable(results_dir: Path) -> None:
+    """Fail before any work when the results folder, its runs/ folder or results.csv
+    cannot be written (a read-only place, a results.csv that is a folder): one line,
+    exit 2, rather than a traceback after hours of training. Rebuilds results.csv from
+    the run folders, so that it never lacks a finished run (e.g. after a kill)."""
+    for folder in (results_dir, results_dir / "runs"):
+        probe = folder / f".mcbench-probe.{os.getpid()}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise McbenchError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+    table = results_dir / "results.csv"
+    if table.exists() and not table.is_file():
+        raise McbenchError(f"{table} exists and is not a file")
+    try:
+        res.write_table(results_dir)
+    except OSError as exc:
+        raise McbenchError(f"cannot write {table}: {exc.strerror or exc}") from None
 
 
 CONNECT_TIMEOUT = "20s"
@@ -415,13 +506,12 @@ def run_specs(
     results_dir = Path(results_dir).resolve()  # workers may start elsewhere
     client = _connect(scheduler) if scheduler else None  # fail before any work
     try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+        check_writable(results_dir)
+    except McbenchError:
         if client is not None:
             client.close()
-        raise McbenchError(f"cannot create the results folder {results_dir}: {exc}") from None
-    todo, outcomes = plan(specs, results_dir, retry_failed)
-    units = group_runs(todo, replicas)
+        raise
+    units, todo, outcomes = plan(specs, results_dir, retry_failed, replicas)
     opts = {
         "checkpoint_every": checkpoint_every,
         "retry_failed": retry_failed,
@@ -436,10 +526,36 @@ def run_specs(
     bar = tqdm(total=len(todo), disable=not progress, unit="run", desc="mcbench")
     bar.set_postfix(ok=0, failed=0, running=width, earlier=len(outcomes))
     landed: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def advance() -> None:
+        """The bar at landed runs plus each running run's share of its steps (read from
+        progress.json): it moves per seed, within a replica group too."""
+        with lock:
+            gone = {o["run"] for o in landed}
+            share = 0.0
+            for spec in todo:
+                if spec.run_name() in gone:
+                    continue
+                path = res.partial_dir(results_dir / "runs" / spec.run_name()) / res.PROGRESS
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    share += min(1.0, json.loads(path.read_text())["step"] / spec.steps)
+            bar.n = round(len(landed) + share, 2)
+            bar.refresh()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            advance()
 
     def land(out: dict[str, Any]) -> None:
-        landed.append(out)
-        res.write_table(results_dir)
+        if out.get("skipped"):  # a finished member of a group trained for another
+            outcomes.append(out)
+            return
+        with lock:
+            landed.append(out)
+        with contextlib.suppress(OSError):  # an unwritable table is reported at the end
+            res.write_table(results_dir)
         n = {s: sum(d["status"] == s for d in landed) for s in ("ok", "failed", "error")}
         bar.set_postfix(
             ok=n["ok"],
@@ -448,8 +564,12 @@ def run_specs(
             earlier=len(outcomes),
             last=f"{out['run'][:32]}:{out['status']}",
         )
-        bar.update(1)
+        advance()
 
+    watcher = threading.Thread(target=poll, name="mcbench-progress", daemon=True)
+    if progress:
+        watcher.start()
+    clean = False
     try:
         if client is not None:
             from distributed import as_completed
@@ -480,9 +600,19 @@ def run_specs(
             for outs in pool(delayed(_worker)(u, *args, parent=me) for u in units):
                 for out in outs:
                     land(out)
+        clean = True
     finally:
+        stop.set()
         bar.close()
         if client is not None:
             client.close()
-        res.write_table(results_dir)
+        try:
+            res.write_table(results_dir)
+        except OSError as exc:
+            if clean:  # the runs are published; only the table is missing
+                raise McbenchError(
+                    f"runs are saved under {results_dir / 'runs'}, but "
+                    f"{results_dir / 'results.csv'} could not be written: "
+                    f"{exc.strerror or exc}"
+                ) from None
     return outcomes + landed
