@@ -25,16 +25,73 @@ def mlp(
     out_dim: int,
     hidden: Sequence[int] = (128, 128),
     activation: str = "tanh",
+    *,
+    batchnorm: bool = False,
+    bn_momentum: float = 0.1,
+    maxout: int = 0,
 ) -> nn.Sequential:
-    """Fully connected net: `hidden` layers with `activation`, linear output."""
+    """Fully connected net: `hidden` layers with `activation`, linear output.
+
+    `batchnorm`: each hidden layer is Linear (no bias, as batch norm's shift replaces
+    it) -> BatchNorm1d -> activation (PacGAN's generator). `maxout` > 0: each hidden
+    layer is a maxout layer of that many pieces instead (PacGAN's discriminator).
+    """
     act = ACTIVATIONS[activation]
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers += [nn.Linear(d, h), act()]
+        if maxout:
+            layers.append(Maxout(d, h, maxout))
+        elif batchnorm:
+            layers += [nn.Linear(d, h, bias=False), nn.BatchNorm1d(h, momentum=bn_momentum), act()]
+        else:
+            layers += [nn.Linear(d, h), act()]
         d = h
     layers.append(nn.Linear(d, out_dim))
     return nn.Sequential(*layers)
+
+
+class Maxout(nn.Module):
+    """Maxout layer (Goodfellow et al. 2013): a linear map to `out_dim` x `pieces`
+    units, then the maximum over each unit's pieces."""
+
+    def __init__(self, in_dim: int, out_dim: int, pieces: int) -> None:
+        super().__init__()
+        self.out_dim, self.pieces = out_dim, pieces
+        self.linear = nn.Linear(in_dim, out_dim * pieces)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return h.reshape(*h.shape[:-1], self.out_dim, self.pieces).amax(-1)
+
+
+INITS = ("torch", "glorot", "normal0.02", "orthogonal1.4")
+
+
+def initialize(net: nn.Module, init: str) -> nn.Module:
+    """Re-initialise every Linear / conv layer of `net` in place, as a paper's code does.
+
+    "torch": PyTorch's defaults (left as built); "glorot": Glorot-uniform weights,
+    bound sqrt(6 / (fan_in + fan_out)), zero biases (TensorFlow's dense default, the LBT
+    authors' code); "normal0.02": weights N(0, 0.02^2), zero biases (PacGAN's code);
+    "orthogonal1.4": orthogonal weights with gain 1.4, zero biases (the Unrolled GAN
+    demo). Batch-norm scales stay 1 and shifts 0 under every scheme.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choices: {', '.join(INITS)}")
+    if init == "torch":
+        return net
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            if init == "glorot":
+                nn.init.xavier_uniform_(m.weight)
+            elif init == "orthogonal1.4":
+                nn.init.orthogonal_(m.weight, gain=1.4)
+            else:
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
 
 
 class Reshape(nn.Module):
@@ -49,10 +106,12 @@ class Reshape(nn.Module):
 class JointMLP(nn.Module):
     """MLP on a flattened input, optionally concatenated with a flat extra input."""
 
-    def __init__(self, in_dim: int, extra_dim: int, out_dim: int, hidden, activation) -> None:
+    def __init__(
+        self, in_dim: int, extra_dim: int, out_dim: int, hidden, activation, maxout: int = 0
+    ) -> None:
         super().__init__()
         self.extra_dim = extra_dim
-        self.net = mlp(in_dim + extra_dim, out_dim, hidden, activation)
+        self.net = mlp(in_dim + extra_dim, out_dim, hidden, activation, maxout=maxout)
 
     def forward(self, x, extra=None):
         x = x.flatten(1)
@@ -66,15 +125,50 @@ def flat_dim(shape: Sequence[int]) -> int:
 
 
 class MLPFamily:
-    """Builders for flat data (the 2-D mixtures): every net is an MLP of `hidden` units."""
+    """Builders for flat data (the 2-D mixtures): every net is an MLP of `hidden` units.
 
-    def __init__(self, data_shape: Sequence[int], hidden: Sequence[int], activation: str) -> None:
+    A paper's profile may give the generator its own widths and batch norm (`g_hidden`,
+    `g_batchnorm`), the critic its own widths and maxout layers (`d_hidden`, `d_maxout`
+    pieces) and every net the paper code's initialisation (`init`, see `initialize`).
+    The encoder (VEEGAN's reconstructor, ALI's encoder) is the critic's architecture
+    with a vector output; `mlp()` (LBT's estimator) uses `hidden` and `activation`.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        hidden: Sequence[int],
+        activation: str,
+        *,
+        g_hidden: Sequence[int] | None = None,
+        g_batchnorm: bool = False,
+        bn_momentum: float = 0.1,
+        d_hidden: Sequence[int] | None = None,
+        d_maxout: int = 0,
+        init: str = "torch",
+    ) -> None:
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choices: {', '.join(INITS)}")
         self.data_shape = tuple(data_shape)
         self.hidden = tuple(hidden)
         self.activation = activation
+        self.g_hidden = self.hidden if g_hidden is None else tuple(g_hidden)
+        self.g_batchnorm = g_batchnorm
+        self.bn_momentum = bn_momentum
+        self.d_hidden = self.hidden if d_hidden is None else tuple(d_hidden)
+        self.d_maxout = d_maxout
+        self.init = init
 
     def generator(self, latent_dim: int) -> nn.Module:
-        net = mlp(latent_dim, flat_dim(self.data_shape), self.hidden, self.activation)
+        net = mlp(
+            latent_dim,
+            flat_dim(self.data_shape),
+            self.g_hidden,
+            self.activation,
+            batchnorm=self.g_batchnorm,
+            bn_momentum=self.bn_momentum,
+        )
+        initialize(net, self.init)
         if len(self.data_shape) > 1:
             net.append(Reshape(self.data_shape))
         return net
@@ -88,14 +182,18 @@ class MLPFamily:
         the (z, x) discriminators of VEEGAN and ALI): ``net(x, extra)``.
         """
         shape = self.data_shape if in_shape is None else tuple(in_shape)
-        return JointMLP(flat_dim(shape), extra_dim, out_dim, self.hidden, self.activation)
+        net = JointMLP(
+            flat_dim(shape), extra_dim, out_dim, self.d_hidden, self.activation, self.d_maxout
+        )
+        return initialize(net, self.init)
 
     def encoder(self, in_shape: Sequence[int] | None = None, out_dim: int = 2) -> nn.Module:
         """Maps data to a vector (reconstructors, VAE encoders)."""
         return self.critic(in_shape, out_dim)
 
     def mlp(self, in_dim: int, out_dim: int, hidden: Sequence[int] | None = None) -> nn.Module:
-        return mlp(in_dim, out_dim, self.hidden if hidden is None else hidden, self.activation)
+        net = mlp(in_dim, out_dim, self.hidden if hidden is None else hidden, self.activation)
+        return initialize(net, self.init)
 
 
 # -- images ------------------------------------------------------------------------------

@@ -22,7 +22,14 @@ from mcbench.plugin.method import Problem
 
 @dataclass(frozen=True)
 class Protocol:
-    """Fixed terms of comparison for one dataset family."""
+    """Fixed terms of comparison for one dataset family, under one named profile.
+
+    `name` is the profile ("common": mcbench's own, the default; or a paper's: see
+    PROFILES). The fields after `estimator_hidden` let a profile follow a paper's code:
+    generator / critic widths of their own, batch norm in the generator, maxout critic
+    layers, the code's weight initialisation, a fixed training set drawn once instead of
+    fresh draws each step, and a batch counted in packs (PacGAN).
+    """
 
     family: str
     hidden: tuple[int, ...]
@@ -37,9 +44,41 @@ class Protocol:
     eval_samples: int
     source: str
     estimator_hidden: tuple[int, ...] | None = None  # None: the same as `hidden`
+    name: str = "common"
+    g_hidden: tuple[int, ...] | None = None  # None: `hidden`
+    g_batchnorm: bool = False
+    bn_momentum: float = 0.1  # PyTorch's convention (weight of the new batch statistic)
+    d_hidden: tuple[int, ...] | None = None  # None: `hidden`
+    d_maxout: int = 0  # maxout pieces per critic hidden layer; 0: `activation` layers
+    init: str = "torch"  # see nets.initialize: torch | glorot | normal0.02
+    train_size: int | None = None  # a fixed training set of this many points; None: fresh
+    batch_in_packs: bool = False  # batch_size counts packs of m samples (PacGAN's code)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """`as_dict` as hashed into a run's key: the profile fields at their defaults are
+        left out, so runs under the common protocol keep the keys they had before
+        profiles existed; any other profile differs in `name`, hence in key."""
+        out = self.as_dict()
+        for f in dataclasses.fields(Protocol):
+            if f.name in PROFILE_FIELDS and out[f.name] == f.default:
+                del out[f.name]
+        return out
+
+
+PROFILE_FIELDS = (
+    "name",
+    "g_hidden",
+    "g_batchnorm",
+    "bn_momentum",
+    "d_hidden",
+    "d_maxout",
+    "init",
+    "train_size",
+    "batch_in_packs",
+)
 
 
 # 2-D mixtures: the LBT paper fixes two hidden layers of 128 units for every net and
@@ -170,12 +209,124 @@ PROTOCOLS.update(
 )
 
 
-def get_protocol(family: str) -> Protocol:
+# -- the compared papers' own protocols (profiles) ---------------------------------------
+
+# PacGAN (Lin et al. 2018) Table 1, from the authors' code (fjxmlzn/PacGAN,
+# synthetic_data_experiments/2DRing_GAN&PacGAN and 2DGrid_GAN&PacGAN: config.py,
+# pacgan_task.py, pacgan/streams.py): generator 2 -> 4 x 400 (Linear without bias ->
+# batch norm -> ReLU) -> 2 (linear, with bias), latent 2-d standard normal; discriminator
+# 3 maxout layers of 200 units x 5 pieces -> linear 1, on m points concatenated; every
+# weight N(0, 0.02^2), biases 0; batch-norm population statistics averaged with weight
+# 0.05; Adam lr 1e-4, beta1 0.8 (beta2 Blocks' default 0.999) for both nets; a fixed
+# training set of 100,000 packs drawn once (GaussianPackingMixture), batches of 100
+# packs (100 * m points per side), 400 epochs = 400,000 updates; metrics on 2,500
+# samples after every epoch. Left to the method, not the profile: their G and D are
+# updated simultaneously from one forward pass (mcbench's gan/pacgan alternate D then
+# G); their batches go through the set in shuffled epochs, mcbench draws each batch
+# uniformly from the fixed set (with replacement) so that a checkpoint resumes exactly.
+# Other methods: the (x, z) critics of ALI and VEEGAN are this maxout critic on [x, z],
+# as in their ALI code (2DRing_ALI: joint maxout discriminator on x and z); encoders
+# (ALI's, VEEGAN's reconstructor) are the maxout net with a vector output, where their
+# ALI encoder is a stochastic 2 x 400 ReLU + batch-norm MLP on [x, noise] (mcbench's ALI
+# is the deterministic BiGAN encoder). LBT's estimator MLPs get 4 x 400 ReLU (`hidden`).
+PACGAN_MIXTURE2D = dataclasses.replace(
+    MIXTURE2D,
+    name="pacgan",
+    hidden=(400, 400, 400, 400),
+    activation="relu",
+    latent_dim=2,
+    batch_size=100,
+    lr_g=1e-4,
+    lr_d=1e-4,
+    betas=(0.8, 0.999),
+    steps=400_000,
+    eval_every=1_000,
+    eval_samples=2_500,
+    source="PacGAN authors' code fjxmlzn/PacGAN synthetic_data_experiments (config.py, "
+    "pacgan_task.py, streams.py); PacGAN paper Table 1 (2,500 samples, 10 runs)",
+    g_hidden=(400, 400, 400, 400),
+    g_batchnorm=True,
+    bn_momentum=0.05,
+    d_hidden=(200, 200, 200),
+    d_maxout=5,
+    init="normal0.02",
+    train_size=100_000,
+    batch_in_packs=True,
+)
+
+# LBT (Zhou et al., ICLR 2019 submission), from the authors' code (taufikxu/
+# Learning-By-Teaching, 2-D scripts) where it differs from or completes the paper: 2 x 128
+# tanh MLPs for every net, generator latent 256, TensorFlow's dense initialisation
+# (Glorot-uniform weights, zero biases), Adam beta1 0.5 (eps 1e-8), G lr 1e-3,
+# discriminator / estimator lr 1e-4, ring batch 512; grid batch 2048 and 2,000,000
+# iterations. The ring's budget is the paper's 0.9M (its curves); 500,000 evaluation
+# samples (paper 5.1). The method-level settings (VAE latent 32, fixed decoder variance,
+# 2-3 estimator updates at 3 x lr, clipping) are the lbt preset `authors-code`, not here.
+LBT_MIXTURE2D = dataclasses.replace(
+    MIXTURE2D,
+    name="lbt",
+    init="glorot",
+    source="LBT authors' code taufikxu/Learning-By-Teaching (tanh, latent 256, Glorot "
+    "init, Adam beta1 0.5, lr 1e-3/1e-4, batch 512; grid batch 2048, 2M iterations); "
+    "LBT paper 5.1 (2 x 128 nets, 0.9M ring iterations, 500k samples)",
+)
+LBT_GRID = dataclasses.replace(LBT_MIXTURE2D, batch_size=2048, steps=2_000_000)
+
+# Unrolled GAN (Metz et al. 2016), its public 2-D demo (poolio/unrolled_gan, "Unrolled GAN
+# demo.ipynb"): 2 x 128 tanh MLPs, latent 256 standard normal, batch 512, Adam D lr 1e-4,
+# G lr 1e-3, beta1 0.5, eps 1e-8, 25,000 iterations, K = 5 (the method's default); every
+# dense layer orthogonal-initialised with gain 1.4, biases 0 (TF-slim). Left open: the
+# paper gives no 2-D nets or batch; the demo updates G and D in one session call (mcbench
+# alternates), samples its ring fresh each step with std 0.01, radius 1 (`ring-veegan`;
+# its linspace(0, 2 pi, 8) ring has 7 distinct modes; ours 8) and fixes no evaluation
+# sample count: 2,500 here, as VEEGAN and PacGAN.
+UNROLLED_MIXTURE2D = dataclasses.replace(
+    MIXTURE2D,
+    name="unrolled",
+    steps=25_000,
+    eval_every=1_000,
+    eval_samples=2_500,
+    init="orthogonal1.4",
+    source="Unrolled GAN public 2-D demo poolio/unrolled_gan (2 x 128 tanh, latent 256, "
+    "batch 512, lr 1e-3/1e-4, beta1 0.5, orthogonal init gain 1.4, 25k iterations); "
+    "2,500 samples as VEEGAN/PacGAN",
+)
+
+# VEEGAN (Srivastava et al. 2017): no profile. Its paper's text does not fix the 2-D nets,
+# optimiser or batch completely, and its public 2-D notebook (akashgit/VEEGAN,
+# VEEGAN_2D_RING.ipynb) could not be read here; its Table 1 is run under the common
+# protocol on its data (`ring-veegan`, `grid-veegan`) and 2,500 samples (suite
+# `veegan-table1`).
+
+# name -> {dataset name or family -> Protocol}; a dataset's own entry wins over its
+# family's. "common" is mcbench's protocol, the default of every run.
+PROFILES: dict[str, dict[str, Protocol]] = {
+    "common": PROTOCOLS,
+    "pacgan": {"mixture2d": PACGAN_MIXTURE2D},
+    "lbt": {"mixture2d": LBT_MIXTURE2D, "grid": LBT_GRID},
+    "unrolled": {"mixture2d": UNROLLED_MIXTURE2D},
+}
+
+
+def check_profile(name: str) -> str:
+    """`name` if it is a profile, else a one-line error listing the choices."""
+    if name not in PROFILES:
+        raise McbenchError(f"unknown protocol {name!r}; choices: {', '.join(PROFILES)}")
+    return name
+
+
+def get_protocol(family: str, profile: str = "common", dataset: str | None = None) -> Protocol:
+    """The protocol of a dataset family (or of `dataset` itself, where the profile sets
+    one of its own) under a named profile."""
+    table = PROFILES[check_profile(profile)]
+    if dataset is not None and dataset in table:
+        return table[dataset]
     try:
-        return PROTOCOLS[family]
+        return table[family]
     except KeyError:
+        what = "protocol" if profile == "common" else f"{profile!r} protocol"
         raise McbenchError(
-            f"no protocol for dataset family {family!r}; choices: {', '.join(PROTOCOLS)}"
+            f"no {what} for dataset family {family!r}; choices: {', '.join(table)}"
         ) from None
 
 
@@ -187,19 +338,37 @@ def make_problem(
     data_rng: torch.Generator | list[torch.Generator],
     init_states: list[torch.Tensor] | None = None,
     capturable: bool = False,
+    pack: int = 1,
 ) -> Problem:
     """The Problem a method is built from; every net it builds lands on `device`.
 
     With lists of generators (one method and one data stream per seed) and each seed's
     CPU init state, it is a replica problem: its nets are `mcbench.plugin.replicas` stacks,
     replica r initialised as the sequential run of seed r would be.
+
+    `pack` is the method's pack size m: under a profile with `batch_in_packs` (PacGAN's
+    code) a batch is batch_size packs, batch_size * m samples. With `train_size`, each
+    data stream first draws its fixed training set (train_size * pack points), then every
+    batch is drawn from it.
     """
     if isinstance(protocol, ImageProtocol):
         nets = DCGANFamily(
             dataset.shape, protocol.hidden, protocol.activation, protocol.spec, protocol.d_ratio
         )
     else:
-        nets = MLPFamily(dataset.shape, protocol.hidden, protocol.activation)
+        nets = MLPFamily(
+            dataset.shape,
+            protocol.hidden,
+            protocol.activation,
+            g_hidden=protocol.g_hidden,
+            g_batchnorm=protocol.g_batchnorm,
+            bn_momentum=protocol.bn_momentum,
+            d_hidden=protocol.d_hidden,
+            d_maxout=protocol.d_maxout,
+            init=protocol.init,
+        )
+    batch_size = protocol.batch_size * (pack if protocol.batch_in_packs else 1)
+    draw = _sampler(dataset, protocol.train_size and protocol.train_size * pack, device)
 
     if isinstance(rng, list):
         from mcbench.plugin.replicas import replica_builder
@@ -213,8 +382,10 @@ def make_problem(
         def place(build):
             return replica_builder(build, init_states, device)
 
+        draws = [draw(g) for g in data_rng]
+
         def sample_real(n: int) -> torch.Tensor:
-            return torch.stack([dataset.sample(n, g, device) for g in data_rng])
+            return torch.stack([d(n) for d in draws])
 
     else:
         replicas = None
@@ -225,8 +396,7 @@ def make_problem(
 
             return wrapped
 
-        def sample_real(n: int) -> torch.Tensor:
-            return dataset.sample(n, data_rng, device)
+        sample_real = draw(data_rng)
 
     return Problem(
         data_shape=tuple(dataset.shape),
@@ -236,7 +406,7 @@ def make_problem(
         lr_g=protocol.lr_g,
         lr_d=protocol.lr_d,
         betas=protocol.betas,
-        batch_size=protocol.batch_size,
+        batch_size=batch_size,
         generator=place(nets.generator),
         critic=place(nets.critic),
         encoder=place(nets.encoder),
@@ -247,3 +417,23 @@ def make_problem(
         replicas=replicas,
         capturable=capturable,
     )
+
+
+def _sampler(dataset: Dataset, train_size: int | None, device: torch.device):
+    """Per data stream, the function n -> a real batch: fresh draws from the dataset,
+    or (with `train_size`) draws from a training set of that size drawn once, up front,
+    from the same stream; indices are drawn uniformly from the stream too, so the stream's
+    state (checkpointed) is all a resumed run needs."""
+
+    def draw(g: torch.Generator):
+        if not train_size:
+            return lambda n: dataset.sample(n, g, device)
+        train = dataset.sample(train_size, g, device)
+
+        def sample(n: int) -> torch.Tensor:
+            idx = torch.randint(train_size, (n,), generator=g, device=g.device)
+            return train[idx.to(device)]
+
+        return sample
+
+    return draw
