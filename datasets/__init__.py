@@ -9,7 +9,7 @@ from mcbench.datasets.images import ImageDataset, celeba, cifar10
 from mcbench.datasets.mixtures import GaussianMixture2D, grid, grid_veegan, ring, ring_veegan
 from mcbench.datasets.mnist import mnist
 from mcbench.datasets.stacked_mnist import stacked_mnist, stacked_mnist_d
-from mcbench.errors import McbenchError
+from mcbench.errors import McbenchError, did_you_mean
 
 DATASETS: dict[str, Callable[[], Dataset]] = {
     "ring": ring,
@@ -31,7 +31,8 @@ def get_dataset(name: str) -> Dataset:
         factory = DATASETS[name]
     except KeyError:
         raise McbenchError(
-            f"unknown dataset {name!r}; choices: {', '.join(sorted(DATASETS))}"
+            f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; "
+            f"choices: {', '.join(sorted(DATASETS))}"
         ) from None
     return factory()
 

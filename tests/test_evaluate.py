@@ -67,7 +67,7 @@ def test_both_mode_rules_are_reported(tmp_path):
         ("ring", np.zeros((10, 3)), "shape"),
         ("ring", np.array([[0.0, np.nan]] * 4), "NaN"),
         ("rings", np.zeros((10, 2)), "unknown dataset 'rings'"),
-        ("ring", b"not a numpy file", "cannot read samples"),
+        ("ring", b"not a numpy file", "is not a .npy file"),
         ("ring", None, "does not exist"),
     ],
 )

@@ -17,6 +17,7 @@ from check_report_html import check, find_chromium
 from mcbench.cli import main
 from mcbench.errors import McbenchError
 from mcbench.report import build as report
+from mcbench.run import store as res
 
 # Final values per (method, seed): means and stds below follow from them by hand.
 FINAL = {
@@ -271,6 +272,7 @@ def test_report_command_writes_everything(tiny_results, tmp_path, capsys):
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())
     cfg.update(status="failed", failed_step=3, reason="loss g is nan at step 3", seed=7)
+    cfg["checksum"] = res.config_checksum(cfg)  # a made-up run, not a tampered one
     (dst / "config.json").write_text(json.dumps(cfg))
     study = tmp_path / "unroll-study"
     study.mkdir()

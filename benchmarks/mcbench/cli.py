@@ -1,7 +1,8 @@
 """`mcbench` command line: list, run, status, evaluate, report.
 
-Every user mistake ends in one line on stderr and exit status 2; results already written
-stay where they are.
+Every user mistake, and a place that cannot be written, ends in one line on stderr and
+exit status 2; results already written stay where they are. `run` exits with status 1
+when any run of the suite is not ok (failed, could not run, or another process's).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "seeds": args.seeds,
             "datasets": args.dataset,
             "methods": args.method,
+            "protocol": args.protocol,
         }
         suite = load_suite(args.suite, overrides)
         out = Path(args.out or f"results/{suite.name}")
@@ -110,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "steps": args.steps or 2000,
             "eval_every": args.eval_every or min(500, args.steps or 2000),
             "eval_samples": args.eval_samples or 100_000,
+            "protocol": args.protocol or "common",
         }
         suite = build_suite("adhoc", raw)
         out = Path(args.out or "results/adhoc")
@@ -134,24 +137,32 @@ def cmd_run(args: argparse.Namespace) -> None:
         s: sum(o["status"] == s and not o.get("skipped") for o in outcomes)
         for s in ("ok", "failed", "error", "busy")
     }
-    skipped = sum(bool(o.get("skipped")) and o["status"] != "busy" for o in outcomes)
+    skipped = sum(bool(o.get("skipped")) for o in outcomes)
     print(
         f"mcbench: {count['ok']} ok, {count['failed']} failed, {skipped} finished earlier"
         + (f", {count['busy']} being run by another process" if count["busy"] else "")
         + (f", {count['error']} could not run" if count["error"] else ""),
         file=sys.stderr,
     )
-    for o in outcomes:
-        if o["status"] in ("failed", "error") and not o.get("skipped"):
-            print(f"mcbench: {o['status']}: {o['run']}: {o.get('reason')}", file=sys.stderr)
+    bad = [o for o in outcomes if o["status"] in ("failed", "error", "busy")]
+    for o in bad:
+        when = " (earlier)" if o.get("skipped") else ""
+        reason = str(o.get("reason") or "").strip().splitlines() or ["no reason recorded"]
+        print(f"mcbench: {o['status']}{when}: {o['run']}: {reason[-1]}", file=sys.stderr)
+        if args.verbose and o.get("traceback"):
+            print(str(o["traceback"]).rstrip(), file=sys.stderr)
     with contextlib.suppress(McbenchError):  # no finished run: the lines above say why
         print(markdown(load(out)))
-    if count["error"]:
-        raise RunsFailed(f"{count['error']} run(s) could not run; re-run to retry them")
+    if bad:
+        hint = "" if args.verbose else "; --verbose prints their tracebacks"
+        raise RunsFailed(
+            f"{len(bad)} of {len(outcomes)} run(s) not ok (failed, could not run, or held "
+            f"by another process){hint}; `mcbench status {out}` lists them"
+        )
 
 
 class RunsFailed(Exception):
-    """Some runs hit a harness error (not a method failure): exit status 1."""
+    """Some runs are not ok (failed, a harness error, or another process's): exit 1."""
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -164,25 +175,91 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(format_status(st))
 
 
-def read_samples(path: str) -> np.ndarray:
+SAMPLE_FILES = ".npy, .npz, .csv or .txt"
+
+
+def read_samples(path: str, key: str | None = None) -> np.ndarray:
+    """Samples from a .npy, .npz (its one array, or the array `key`), .csv or .txt file.
+
+    Never a guess (an .npz of several arrays needs `key`) and never a parser's dump: each
+    unreadable file is one short line saying what the file is and what was expected.
+    """
+    from mcbench.errors import did_you_mean
+
     p = Path(path)
+    if p.is_dir():
+        raise McbenchError(f"{path} is a folder: expected a samples file ({SAMPLE_FILES})")
     if not p.is_file():
         raise McbenchError(f"cannot read samples: {path} does not exist")
+    if key is not None and p.suffix != ".npz":
+        raise McbenchError(f"--key {key}: only an .npz file holds named arrays, not {path}")
     try:
-        if p.suffix == ".npz":
-            with np.load(p) as z:
-                if not z.files:
-                    raise McbenchError(f"{path} holds no array")
-                return z[z.files[0]]
         if p.suffix in (".csv", ".txt"):
-            return np.loadtxt(p, delimiter="," if p.suffix == ".csv" else None, ndmin=2)
-        return np.load(p, allow_pickle=False)
+            data = np.loadtxt(p, delimiter="," if p.suffix == ".csv" else None, ndmin=2)
+        else:
+            with p.open("rb") as f:
+                head = f.read(6)
+            if p.suffix == ".npz" and head[:4] != b"PK\x03\x04":
+                raise McbenchError(f"{path} is not an .npz file (not a zip archive)")
+            if p.suffix != ".npz" and head != b"\x93NUMPY":
+                raise McbenchError(
+                    f"{path} is not a .npy file (no NumPy header): expected {SAMPLE_FILES}"
+                )
+            if p.suffix == ".npz":
+                with np.load(p, allow_pickle=False) as z:
+                    names = list(z.files)
+                    if not names:
+                        raise McbenchError(f"{path} holds no array")
+                    if key is None and len(names) > 1:
+                        raise McbenchError(
+                            f"{path} holds {len(names)} arrays ({', '.join(names)}): "
+                            "name the samples with --key NAME"
+                        )
+                    key = names[0] if key is None else key
+                    if key not in names:
+                        raise McbenchError(
+                            f"{path} has no array {key!r}{did_you_mean(key, names)}; "
+                            f"arrays: {', '.join(names)}"
+                        )
+                    data = z[key]
+            else:
+                data = np.load(p, allow_pickle=False)
     except McbenchError:
         raise
     except Exception as exc:
-        raise McbenchError(
-            f"cannot read samples from {path}: {type(exc).__name__}: {exc}"
-        ) from None
+        text = str(exc)
+        if "pickle" in text.lower():
+            why = "it holds Python objects (pickled), not numbers"
+        elif p.suffix not in (".csv", ".txt"):
+            why = f"damaged NumPy header or data ({type(exc).__name__})"
+        else:  # numpy's own words name the row and column; one line, not a dump
+            first = text.splitlines()[0] if text else ""
+            why = f"{type(exc).__name__}: {first[:160]}"
+        raise McbenchError(f"cannot read samples from {path}: {why}") from None
+    if data.dtype.kind not in "biuf":
+        raise McbenchError(f"{path}: samples must be numbers, got dtype {data.dtype}")
+    return data
+
+
+def _small_sample_warning(n: int, modes: int | None, metrics: dict[str, float]) -> str | None:
+    """Why these metrics mean little on only `n` samples (None: enough samples)."""
+    from mcbench.metrics.mixtures import VEEGAN_PACGAN_SAMPLES
+
+    parts = []
+    if modes and n < 10 * modes:
+        parts.append(
+            f"the metrics' definitions want at least 10 a mode ({10 * modes:,} for "
+            f"{modes:,} modes): per-mode values are noise or NaN"
+        )
+    rule = [
+        k for k in ("modes_covered_any", "high_quality_pct_2500", "reverse_kl_2500") if k in metrics
+    ]
+    if rule and n < VEEGAN_PACGAN_SAMPLES:
+        parts.append(
+            f"the VEEGAN/PacGAN-rule metrics ({', '.join(rule)}) need "
+            f"{VEEGAN_PACGAN_SAMPLES:,} and are NaN"
+        )
+    return f"only {n:,} samples: " + "; ".join(parts) if parts else None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -192,7 +269,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mcbench.metrics import metric_spec
 
     ds = get_dataset(args.dataset)
-    metrics = ds.evaluate(read_samples(args.samples))
+    samples = read_samples(args.samples, args.key)
+    try:  # overflow would print numpy warnings and NaN metrics: refuse instead
+        with np.errstate(over="raise"):
+            metrics = ds.evaluate(samples)
+    except FloatingPointError:
+        biggest = float(np.abs(samples.astype(np.float64)).max())
+        raise McbenchError(
+            f"{args.samples}: values up to {biggest:.3g} in magnitude overflow the metrics' "
+            "float64 arithmetic: rescale the samples to the dataset's range"
+        ) from None
+    warn = _small_sample_warning(len(samples), ds.info().get("modes"), metrics)
+    if warn:
+        print(f"mcbench: warning: {warn}", file=sys.stderr)
     if args.json:
         clean = {k: (v if np.isfinite(v) else None) for k, v in metrics.items()}
         print(json.dumps(clean, indent=2))
@@ -228,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", "-d", action="append", help="dataset name (repeatable)")
     s.add_argument("--seeds", type=_seed, nargs="+", help="seeds (default: the suite's, or 0)")
     s.add_argument("--steps", type=_positive, help="generator updates per run")
+    s.add_argument(
+        "--protocol",
+        help="protocol profile: common (default), or a paper's own (pacgan, lbt, ...); "
+        "overrides a suite's",
+    )
     s.add_argument("--eval-every", type=_positive, help="evaluate every N generator updates")
     s.add_argument("--eval-samples", type=_positive, help="samples per evaluation")
     s.add_argument(
@@ -281,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("evaluate", help="metrics of samples (.npy/.npz/.csv) against a dataset")
     s.add_argument("dataset")
     s.add_argument("samples")
+    s.add_argument("--key", help="the array to evaluate in an .npz that holds several")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
@@ -307,6 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     except RunsFailed as exc:
         print(f"mcbench: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # an unwritable or missing place (read-only folder, full disk): one line, not a
+        # traceback; what was written before stays (files are written atomically)
+        print(f"mcbench: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             "mcbench: interrupted; finished runs and checkpoints are kept: run the same "

@@ -16,7 +16,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from mcbench.errors import McbenchError
+from mcbench.errors import McbenchError, did_you_mean
 from mcbench.plugin.method import Method
 
 ENTRY_POINT_GROUP = "mcbench.methods"
@@ -126,7 +126,9 @@ def parse_selector(selector: str) -> tuple[str, dict[str, str]]:
 def get_method(name: str) -> MethodEntry:
     reg = methods()
     if name not in reg:
-        raise McbenchError(f"unknown method {name!r}; choices: {', '.join(sorted(reg))}")
+        raise McbenchError(
+            f"unknown method {name!r}{did_you_mean(name, reg)}; choices: {', '.join(sorted(reg))}"
+        )
     return reg[name]
 
 

@@ -92,10 +92,44 @@ def _is_run(p: Path) -> bool:
     return (p / "config.json").is_file() and (p / "metrics.csv").is_file()
 
 
+# What every run's config.json and every metrics.csv / results.csv row holds; a file
+# without them is not mcbench's, and reading it anyway fails deep inside the tables.
+RUN_KEYS = ("method", "dataset", "seed")
+METRIC_COLUMNS = ("method", "dataset", "seed", "step", "metric", "value")
+NUMERIC_COLUMNS = ("seed", "step", "value")
+
+
+def _not_metrics(df: pd.DataFrame) -> str | None:
+    """Why `df` is not mcbench metric rows (None: it is)."""
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    if len(missing) == len(METRIC_COLUMNS):
+        return f"none of the columns {', '.join(METRIC_COLUMNS)}"
+    if missing:
+        return f"no column(s) {', '.join(missing)} (expected {', '.join(METRIC_COLUMNS)})"
+    bad = [c for c in NUMERIC_COLUMNS if not pd.api.types.is_numeric_dtype(df[c])]
+    if bad:
+        return f"non-numeric column(s) {', '.join(bad)}"
+    return None
+
+
+def _not_a_run(cfg: dict[str, Any], df: pd.DataFrame) -> str | None:
+    """Why a folder with config.json and metrics.csv is not an mcbench run (None: it is)."""
+    missing = [k for k in RUN_KEYS if k not in cfg]
+    if missing:
+        return f"config.json has no {', '.join(missing)}: not an mcbench run's config"
+    why = _not_metrics(df)
+    return f"metrics.csv: {why}" if why else None
+
+
 def find_sources(paths: list[Path | str]) -> list[Path]:
     """Results folders and run folders named by `paths` (or one level below them)."""
     found: list[Path] = []
     for p in map(Path, paths):
+        if p.exists() and not p.is_dir():
+            raise McbenchError(
+                f"{p} is a file: expected a results folder (results.csv, runs/, a run "
+                "folder, or a folder of those)"
+            )
         if not p.is_dir():
             raise McbenchError(f"results folder {p} does not exist")
         if _is_results(p) or _is_run(p):
@@ -129,19 +163,26 @@ def _run_record(name: str, cfg: dict[str, Any], rows: pd.DataFrame, d: Path | No
         "failed_step": cfg.get("failed_step"),
         "steps": steps,
         "family": info.get("family", ""),
+        "protocol": cfg.get("protocol", {}).get("name", "common"),
         "dir": str(d) if d else "",
     }
 
 
-def _read_run(d: Path) -> tuple[dict, pd.DataFrame] | None:
+def _read_run(d: Path) -> tuple[dict, pd.DataFrame] | str:
+    """A run folder's config and rows, or why it is damaged (never reported as valid):
+    a run that records checksums must pass them all (`store.check_run`: config, metrics,
+    generator, complete); folders from before checksums (no "files") are read as is."""
     try:
         cfg = res.read_config(d)
-        sums = cfg.get("files")  # folders from before checksums have none: read as is
-        if sums is not None and res.sha256_file(d / "metrics.csv") != sums.get("metrics.csv"):
-            return None
+        if not isinstance(cfg, dict):
+            return "config.json is not a run's configuration"
+        if "files" in cfg or "checksum" in cfg or "complete" in cfg:
+            why = res.check_run(d)[1]
+            if why is not None:
+                return why
         df = pd.read_csv(d / "metrics.csv")
-    except (OSError, ValueError, AttributeError):
-        return None  # a foreign or damaged folder is not a finished run
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
     df["run"] = d.name
     df["status"] = cfg.get("status", "unknown")
     return cfg, df
@@ -167,10 +208,14 @@ def load_results(paths: list[Path | str]) -> Results:
         seen_here = {d.name for d in run_folders}
         for d in run_folders:
             got = _read_run(d)
-            if got is None:
-                notes.append(f"skipped {d}: unreadable, or metrics.csv fails its checksum")
+            if isinstance(got, str):
+                notes.append(f"damaged run {d}, not in this report: {got}")
                 continue
             cfg, df = got
+            foreign = _not_a_run(cfg, df)
+            if foreign:
+                notes.append(f"skipped {d}: {foreign}")
+                continue
             if d.name in configs:
                 continue
             configs[d.name] = cfg
@@ -178,7 +223,13 @@ def load_results(paths: list[Path | str]) -> Results:
             records.append(_run_record(d.name, cfg, df, d))
         csv = src / "results.csv"
         if csv.is_file() and not _is_run(src):
-            table = pd.read_csv(csv)
+            try:
+                table = pd.read_csv(csv)
+            except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+                raise McbenchError(f"cannot read {csv} as CSV ({type(exc).__name__})") from None
+            foreign = _not_metrics(table)
+            if foreign:
+                raise McbenchError(f"{csv} is not an mcbench results.csv: {foreign}")
             if "run" not in table.columns:
                 table["run"] = (
                     table["method"] + "-" + table["dataset"] + "-s" + table["seed"].astype(str)
@@ -191,8 +242,11 @@ def load_results(paths: list[Path | str]) -> Results:
                 configs[name] = {}
                 frames.append(df)
                 records.append(_run_record(name, {}, df, None))
-    if not records:
-        raise McbenchError(f"no finished runs under {', '.join(map(str, sources))}")
+    if not records:  # say why the runs that are there were left out
+        why = f" ({notes[0]}" + (f"; {len(notes) - 1} more" if len(notes) > 1 else "") + ")"
+        raise McbenchError(
+            f"no finished runs under {', '.join(map(str, sources))}" + (why if notes else "")
+        )
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     runs = pd.DataFrame(records)
     _label_methods(rows, runs)
@@ -200,13 +254,21 @@ def load_results(paths: list[Path | str]) -> Results:
 
 
 def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
-    """`method` = the selector, with the budget appended where one selector was run on
-    one dataset with different numbers of steps (merged suites): never average those."""
+    """`method` = the selector, with the protocol profile appended where one selector was
+    run on one dataset under several (``gan [pacgan]``, side by side), and the budget
+    where with different numbers of steps (merged suites): never average those."""
     runs["method"] = runs["selector"]
-    n_budgets = runs.groupby(["selector", "dataset"])["steps"].transform("nunique")
+    if "protocol" not in runs:  # records from before profiles
+        runs["protocol"] = "common"
+    n_protocols = runs.groupby(["selector", "dataset"])["protocol"].transform("nunique")
+    several = n_protocols > 1
+    runs.loc[several, "method"] = runs.loc[several].apply(
+        lambda r: f"{r['selector']} [{r['protocol']}]", axis=1
+    )
+    n_budgets = runs.groupby(["selector", "dataset", "protocol"])["steps"].transform("nunique")
     mixed = n_budgets > 1
     runs.loc[mixed, "method"] = runs.loc[mixed].apply(
-        lambda r: f"{r['selector']} ({int(r['steps'])} steps)", axis=1
+        lambda r: f"{r['method']} ({int(r['steps'])} steps)", axis=1
     )
     if len(rows):
         rows["method"] = rows["run"].map(runs.set_index("run")["method"])
@@ -951,7 +1013,11 @@ def _find_study(results: Results) -> Path | None:
 
 def run(args: argparse.Namespace) -> None:
     dirs = args.results_dir if isinstance(args.results_dir, list) else [args.results_dir]
-    results = load_results(dirs)
+    results = load_results(dirs)  # reads only; refuses a source that is not results
+    out = Path(args.out) if getattr(args, "out", None) else Path(dirs[0]) / "report"
+    for q in (out, *out.parents):  # before anything is written: mkdir would fail late
+        if q.exists() and not q.is_dir():
+            raise McbenchError(f"report folder {out}: {q} is a file, not a folder")
     if args.density_samples < 0:
         raise McbenchError("--density-samples must be >= 0")
     device = getattr(args, "device", "cpu")
@@ -965,7 +1031,7 @@ def run(args: argparse.Namespace) -> None:
     if study is not None and not study.exists():
         raise McbenchError(f"unroll study {study} does not exist")
     opts = Options(
-        out=Path(args.out) if getattr(args, "out", None) else Path(dirs[0]) / "report",
+        out=out,
         error=getattr(args, "error", "both"),
         density_samples=getattr(args, "density_samples", DENSITY_SAMPLES),
         figures=not getattr(args, "no_figures", False),

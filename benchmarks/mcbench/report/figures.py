@@ -261,6 +261,16 @@ def _band(df: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
     return out
 
 
+def _isolated(y: np.ndarray) -> np.ndarray:
+    """Finite points with no finite neighbour: a line draws them invisibly (a run
+    evaluated only at its last step is one such point), so they get a marker."""
+    y = np.asarray(y, dtype=float)
+    finite = np.isfinite(y)
+    before = np.r_[False, finite[:-1]]
+    after = np.r_[finite[1:], False]
+    return finite & ~before & ~after
+
+
 def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
     present = set(ok.loc[ok["dataset"].isin(datasets), "metric"]) if len(ok) else set()
     metrics = curve_metrics(present)
@@ -283,7 +293,17 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
                 g = part[part["method"] == method]
                 b = _band(g, x, metric)
                 c = palette.get(method)
-                (line,) = ax.plot(b["x"], b["mean"], color=c, lw=1.3, label=method)
+                alone = _isolated(b["mean"])
+                (line,) = ax.plot(
+                    b["x"],
+                    b["mean"],
+                    color=c,
+                    lw=1.3,
+                    label=method,
+                    marker="o" if alone.any() else None,
+                    ms=4,
+                    markevery=alone if alone.any() else None,
+                )
                 ax.fill_between(b["x"], b["lo"], b["hi"], color=c, alpha=0.18, lw=0)
                 handles.setdefault(method, line)
             _set_scale(ax, metric, part["value"].to_numpy(float))
