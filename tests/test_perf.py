@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 
 import perf
 import pytest
@@ -233,10 +234,18 @@ def test_timed_updates_fewer_for_large_r():
 
 
 def test_time_alternating_order():
+    """A B, B A, A B, and each duration lands in its own function's list: `a` sleeps 20 ms,
+    so every time of `a` is at least that, and `b`'s (a no-op) are positive."""
     calls = []
-    ta, tb = perf.time_alternating(lambda: calls.append("a"), lambda: calls.append("b"), 3, CPU)
+
+    def a():
+        calls.append("a")
+        time.sleep(0.02)
+
+    ta, tb = perf.time_alternating(a, lambda: calls.append("b"), 3, CPU)
     assert calls == ["a", "b", "b", "a", "a", "b"]
-    assert len(ta) == len(tb) == 3 and min(ta + tb) >= 0
+    assert len(ta) == len(tb) == 3
+    assert min(ta) >= 0.02 and min(tb) > 0
 
 
 def test_group_update_flops_count_batched_matmuls():

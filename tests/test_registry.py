@@ -1,4 +1,5 @@
-"""Methods are found by name from files in methods/ and from entry points."""
+"""Methods are found by name from files in methods/ and from entry points (installed
+plugin packages)."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mcbench.errors import McbenchError
@@ -24,14 +26,16 @@ def readme_example() -> str:
     return m.group(1)
 
 
-def mcbench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def mcbench(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("mcbench")
     return subprocess.run(
         [str(exe), *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         timeout=300,
     )
 
@@ -43,24 +47,46 @@ def fresh_registry():
     registry.methods.cache_clear()
 
 
-def test_readme_method_file_shows_up_and_runs_in_a_suite(tmp_path):
-    """Follow README's "Add a method": one new file in methods/, no other edit."""
-    path = ROOT / "methods" / f"readme_example_{os.getpid()}.py"
-    path.write_text(readme_example())
-    try:
-        listed = mcbench("list", "--json")
-        assert listed.returncode == 0, listed.stderr
-        assert "lsgan" in json.loads(listed.stdout)["methods"]
-        out = tmp_path / "res"
-        ran = mcbench(
-            "run", "--suite", "smoke", "--method", "lsgan", "--no-progress", "--out", str(out)
-        )
-        assert ran.returncode == 0, ran.stderr
-        assert "| lsgan |" in ran.stdout
-        cfg = json.loads(next((out / "runs").glob("lsgan-*/config.json")).read_text())
-        assert cfg["status"] == "ok"
-    finally:
-        path.unlink()
+def install_as_distribution(site: Path, code: str) -> str:
+    """Write `code` as module mypkg.lsgan of a tiny installed distribution under `site`
+    (a dist-info with an entry point in group mcbench.methods naming the module), as
+    `pip install` of a plugin package leaves it; returns the method's name."""
+    (site / "mypkg").mkdir(parents=True)
+    (site / "mypkg" / "__init__.py").write_text("")
+    (site / "mypkg" / "lsgan.py").write_text(code)
+    info = site / "mypkg-0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mypkg\nVersion: 0.0\n")
+    (info / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\nlsgan = mypkg.lsgan\n")
+    names = re.findall(r"^\s+name\s*=\s*[\"']([^\"']+)[\"']", code, re.M)
+    assert len(names) == 1, f"README's example should define one method name, found {names}"
+    return names[0]
+
+
+def test_readme_method_example_shows_up_and_trains(tmp_path):
+    """README's "Add a method" code, installed as a plugin package (an entry point),
+    never written into the source tree: `mcbench list` shows it and `mcbench run` trains
+    it, also from a non-editable install."""
+    site = tmp_path / "site"
+    name = install_as_distribution(site, readme_example())
+    path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {"PYTHONPATH": path}
+    listed = mcbench("list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    entry = json.loads(listed.stdout)["methods"].get(name)
+    assert entry and "entry point" in entry["origin"] and "mypkg" in entry["origin"], entry
+    out = tmp_path / "res"
+    budget = ["--steps", "20", "--eval-every", "10", "--eval-samples", "1000", "--seeds", "0"]
+    ran = mcbench(
+        "run", "-m", name, "-d", "ring", *budget, "--no-progress", "--out", str(out), env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert f"| {name} |" in ran.stdout
+    (run_dir,) = (out / "runs").glob(f"{name}-ring-s0-*/")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["status"] == "ok" and cfg["method"] == name
+    steps = pd.read_csv(run_dir / "metrics.csv").query("metric == 'modes_covered'")["step"]
+    assert sorted(steps) == [10, 20]
 
 
 def test_entry_point_plugin_is_found(tmp_path, monkeypatch, fresh_registry):
