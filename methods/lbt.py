@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 
 from mcbench.errors import McbenchError
+from mcbench.methods.blocks.memory import memory_available, size_text
 from mcbench.methods.blocks.unroll import AdamState, adam_eps_inside_, unroll
 from mcbench.methods.blocks.vae import LIKELIHOODS, VAE
 from mcbench.plugin.method import Method, Problem, Rng, positive
@@ -114,34 +114,6 @@ def unroll_bytes(
     return 4 * (cfg.K * per_step + cfg.M * batch * (latent + data_dim))
 
 
-def memory_available() -> tuple[int, str]:
-    """The most memory any device of this machine offers: host RAM available, or a CUDA
-    device's total, whichever is larger (a check against impossible configs, not a
-    fit test)."""
-    try:
-        import psutil
-
-        best = (int(psutil.virtual_memory().available), "RAM available")
-    except ImportError:
-        best = (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), "RAM available")
-    if torch.cuda.is_available():
-        total = max(
-            torch.cuda.get_device_properties(i).total_memory
-            for i in range(torch.cuda.device_count())
-        )
-        if total > best[0]:
-            best = (int(total), "CUDA device memory")
-    return best
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    raise AssertionError
-
-
 def check_memory(
     name: str, cfg: LBTConfig, batch: int, hidden: Sequence[int], latent: int, data_dim: int = 0
 ) -> None:
@@ -150,9 +122,10 @@ def check_memory(
     have, where = memory_available()
     if need > have:
         raise McbenchError(
-            f"method {name!r}: K={cfg.K}, M={cfg.M} need at least {_size(need)} "
+            f"method {name!r}: K={cfg.K}, M={cfg.M} need at least {size_text(need)} "
             f"(K x (batch {batch} x 2 x {sum(hidden)} activations + 3 x parameters) x 4 B, "
-            f"plus M x batch x {latent + data_dim} values), more than the {_size(have)} of {where}"
+            f"plus M x batch x {latent + data_dim} values), "
+            f"more than the {size_text(have)} of {where}"
         )
 
 

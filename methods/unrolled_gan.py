@@ -17,12 +17,15 @@ seed's look-ahead is its own run's (Adam is elementwise, all seeds share its ste
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from mcbench.errors import McbenchError
 from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+from mcbench.methods.blocks.memory import memory_available, size_text
 from mcbench.methods.blocks.unroll import AdamState, bind, unroll
 from mcbench.plugin.method import Method, Problem
 
@@ -56,6 +59,24 @@ class UnrolledGAN(Method):
     )
     vectorized = True
     depth_param = "K"
+
+    @classmethod
+    def check_protocol(cls, config: UnrolledGANConfig, protocol: Any) -> None:
+        """Refuse an unroll that cannot fit in memory (e.g. K=1e9) before any work: each
+        of the K differentiable steps keeps D's activations on two batches and three
+        parameter-sized tensors (weights, Adam moments) for the backward pass."""
+        hidden = protocol.d_hidden or protocol.hidden
+        batch = protocol.batch_size
+        width = 2 if protocol.family == "mixture2d" else 1  # images: a lower bound
+        params = sum(a * b for a, b in itertools.pairwise([width, *hidden, 1]))
+        need = 4 * config.K * (2 * batch * sum(hidden) + 3 * params)
+        have, where = memory_available()
+        if need > have:
+            raise McbenchError(
+                f"method {cls.name!r}: K={config.K} needs at least {size_text(need)} "
+                f"(K x (2 batches x {batch} x {sum(hidden)} activations + 3 x {params} "
+                f"parameters) x 4 B), more than the {size_text(have)} of {where}"
+            )
 
     def __init__(self, problem: Problem, cfg: UnrolledGANConfig) -> None:
         super().__init__(problem, cfg)

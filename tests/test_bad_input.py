@@ -120,6 +120,15 @@ def test_pacgan_pack_size_is_checked_before_any_work(tmp_path, selector, message
     assert not out.exists()
 
 
+@pytest.mark.parametrize("selector", ["unrolled-gan[K=1000000000]", "lbt[K=1000000000]"])
+def test_unroll_depth_is_checked_against_memory_before_any_work(tmp_path, selector):
+    """An unroll that could never fit is refused at planning, with the estimate."""
+    out = tmp_path / "out"
+    line = refused(mcbench("run", "-m", selector, "-d", "ring", "--out", out), "K=1000000000")
+    assert "need" in line and "PB" in line and "more than the" in line
+    assert not out.exists()
+
+
 def test_pacgan_pack_check_is_the_protocols():
     """m above the batch is refused only where the batch counts samples: a batch counted
     in packs (PacGAN's code) always fills them."""

@@ -206,6 +206,15 @@ def test_a_helpers_only_method_trains_as_its_sequential_runs(make, monkeypatch):
             torch.testing.assert_close(replica_state(grp.G.state_dict(), r)[k], v, **TIGHT)
 
 
+def test_readme_example_keeps_the_method_contract(monkeypatch):
+    """README's example, as written there, passes every check of `check_method`,
+    replicas equal to sequential runs included."""
+    from mcbench.testing import check_method
+
+    report = check_method(readme_method(monkeypatch), steps=2, replicas=2)
+    assert "replicas" in str(report)
+
+
 # -- checkpoints: everything held, or refused by name ----------------------------------
 
 
