@@ -64,6 +64,18 @@ def _subplots(nrows: int, ncols: int, *, figsize, layout=None, **kw):
     return fig, fig.subplots(nrows, ncols, **kw)
 
 
+def _legend(fig, handles: dict) -> None:
+    """One legend for a figure's panels, below them."""
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncol=min(len(handles), 6),
+        fontsize=8,
+        frameon=False,
+    )
+
+
 def _save(fig, out_dir: Path, stem: str, title: str, caption: str, pdf: bool, metrics=()) -> Figure:
     out_dir.mkdir(parents=True, exist_ok=True)
     png = out_dir / f"{stem}.png"
@@ -315,14 +327,7 @@ def curves(ok, datasets, family, x, out_dir, pdf, palette) -> Figure | None:
                 ax.set_xscale("log")  # methods differ in cost per update by 10-100x
     if handles:
         handles = {m: handles[m] for m in sort_methods(handles)}
-        fig.legend(
-            list(handles.values()),
-            list(handles),
-            loc="outside lower center",
-            ncol=min(len(handles), 6),
-            fontsize=8,
-            frameon=False,
-        )
+        _legend(fig, handles)
     if x == "step":
         stem, title = f"curves-{family}", f"Metrics against updates ({family}, LBT Figure 2)"
         what = "generator updates"
@@ -380,14 +385,7 @@ def diagnostics(ok, out_dir, pdf) -> Figure | None:
         ax.set_ylabel(u)
     for k in range(len(panels), nrow * ncol):
         axes.flat[k].axis("off")
-    fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="outside lower center",
-        ncol=min(len(handles), 6),
-        fontsize=8,
-        frameon=False,
-    )
+    _legend(fig, handles)
     shown = [m for m in metrics if m in set(sub["metric"])]
     what = "; ".join(f"{label(m)}: {spec_of(m).definition.rstrip('.')}" for m in shown)
     sources = sorted({spec_of(m).source for m in shown})
