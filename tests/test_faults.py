@@ -235,8 +235,11 @@ class Tweak(GAN):
 """
 
 
-def test_a_run_whose_method_code_changed_is_trained_again(tmp_path):
-    site = tmp_path / "site"
+@pytest.mark.parametrize("folder", ["site", "lib/python3/site-packages"])
+def test_a_run_whose_method_code_changed_is_trained_again(tmp_path, folder):
+    """A plugin on a path of its own, or installed into site-packages like any package
+    (where mcbench itself lives after a non-editable install): its code is hashed."""
+    site = tmp_path / folder
     (site / "tweak_plugin-0.1.dist-info").mkdir(parents=True)
     (site / "tweak_plugin-0.1.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: tweak-plugin\nVersion: 0.1\n"

@@ -360,29 +360,28 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def _own_file(path: str | None) -> bool:
-    """A source file of the project or a plugin (not the standard library, not an
-    installed third-party package such as torch)."""
-    if not path or not path.endswith(".py"):
-        return False
-    return "site-packages" not in path and not path.startswith(sys.base_prefix)
-
-
 @functools.cache
 def _source_hash(cls: type) -> str:
     """sha256 of the source files that define `cls`: the modules of its class hierarchy
-    and the project modules its own module imports (e.g. methods/blocks/*), hashed by
-    content, so that moving the checkout keeps it and editing any of them changes it.
-    Cached per class: the code a process runs is the code it imported."""
-    files: set[str] = set()
-    for k in cls.__mro__:
-        with contextlib.suppress(TypeError, OSError):
-            files.add(inspect.getsourcefile(k) or "")
+    and the modules its own module imports, kept where they belong to mcbench or to the
+    package that defines the class (not torch, numpy or the standard library; decided
+    by package name, so an installed copy in site-packages counts as much as a
+    checkout). Hashed by content, so that moving the checkout keeps it and editing any
+    of them changes it. Cached per class: the code a process runs is the code it
+    imported."""
+    own = {k.__module__.split(".")[0] for k in cls.__mro__} - {"builtins"}
+    names = {k.__module__ for k in cls.__mro__}
     module = sys.modules.get(cls.__module__)
     for obj in vars(module).values() if module else ():
-        mod = obj if inspect.ismodule(obj) else sys.modules.get(getattr(obj, "__module__", ""))
-        files.add(getattr(mod, "__file__", None) or "")
-    digests = sorted(res.sha256_file(Path(f)) for f in files if _own_file(f) and Path(f).is_file())
+        names.add(obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", ""))
+    files = {
+        getattr(sys.modules.get(n), "__file__", None) or ""
+        for n in names
+        if isinstance(n, str) and n.split(".")[0] in own
+    }
+    digests = sorted(
+        res.sha256_file(Path(f)) for f in files if f.endswith(".py") and Path(f).is_file()
+    )
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
