@@ -62,8 +62,9 @@ def cmd_list(args: argparse.Namespace) -> None:
         presets = f"  presets: {', '.join(sorted(e.cls.presets))}" if e.cls.presets else ""
         print(f"  {n:<14} {e.origin}{alias}{presets}")
     print("suites:")
+    width = max(map(len, data["suites"]), default=0)
     for n, desc in data["suites"].items():
-        print(f"  {n:<14} {desc}")
+        print(f"  {n:<{width}} {desc}")
 
 
 def _positive(text: str) -> int:
