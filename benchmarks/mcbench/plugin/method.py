@@ -321,8 +321,9 @@ class Method(metaclass=_Checked):
     def _held(self) -> list[tuple[str, str, Any]]:
         """(attribute, kind, value) of every attribute a checkpoint holds."""
         out = []
+        skip = self._skipped()
         for name, value in vars(self).items():
-            if name in self._skipped():
+            if name in skip:
                 continue
             kind = state_kind(value)
             if kind is None:
@@ -342,16 +343,10 @@ class Method(metaclass=_Checked):
         return {name: kind for name, kind, _ in self._held()}
 
     def modules(self) -> dict[str, nn.Module]:
-        skip = self._skipped()
-        return {k: v for k, v in vars(self).items() if isinstance(v, nn.Module) and k not in skip}
+        return {name: v for name, kind, v in self._held() if kind == "module"}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        skip = self._skipped()
-        return {
-            k: v
-            for k, v in vars(self).items()
-            if isinstance(v, torch.optim.Optimizer) and k not in skip
-        }
+        return {name: v for name, kind, v in self._held() if kind == "optim"}
 
     def state_dict(self) -> dict[str, Any]:
         """The method's nets and optimisers (everything else: `extra_state`)."""
