@@ -567,8 +567,8 @@ def run_specs(
         advance()
 
     watcher = threading.Thread(target=poll, name="mcbench-progress", daemon=True)
-    if progress:
-        watcher.start()
+    if progress and sys.stderr.isatty():  # a log file gets the bar when a run lands, not
+        watcher.start()  # a line every second
     clean = False
     try:
         if client is not None:
