@@ -13,8 +13,52 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) = 2 sigmoid(2x) - 1, with tanh's own fused backward.
+
+    This torch CPU build computes `torch.tanh` at about 2.6 ns per element (plus a copy)
+    against 0.4 for `torch.sigmoid`; tanh was 15-25% of a 2-D update. The forward is
+    four in-place passes over one buffer; the backward is `tanh_backward(g, y)` on the
+    saved output, itself differentiable (through y), so double backward (LBT's unrolled
+    estimator, Unrolled GAN) works. Absolute error against `torch.tanh` at most 2.4e-7
+    (about 2 float32 ulps of 1) over the whole range, tested; relative error is larger
+    only for |x| < 1e-4, where both are within 1e-7 of x.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.mul(x, 2).sigmoid_().mul_(2).sub_(1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def fast_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh through sigmoid (see `_SigmoidTanh`); `torch.tanh` on a GPU, where it is fast."""
+    if x.device.type != "cpu":
+        return torch.tanh(x)
+    return _SigmoidTanh.apply(x)
+
+
+class FastTanh(nn.Tanh):
+    """The protocol's tanh layer (`activation="tanh"`), computed by `fast_tanh`. A
+    subclass of nn.Tanh, so code that looks for tanh layers finds it;
+    `activation="tanh-exact"` gives torch's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_tanh(x)
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "tanh": nn.Tanh,
+    "tanh": FastTanh,
+    "tanh-exact": nn.Tanh,
     "relu": nn.ReLU,
     "leaky_relu": nn.LeakyReLU,
 }
