@@ -101,13 +101,19 @@ def adam_eps_inside_(opt: torch.optim.Adam) -> None:
     """`opt.step()` with eps inside the square root (`adam_step(eps_inside=True)`), in
     place on the optimiser's own state, so `AdamState.from_optimizer` and checkpoints see
     an ordinary Adam. The LBT authors' estimator updates are their unrolled Adam steps
-    assigned back (LBT-GAN_smnist.py, `e_train_op`), so they place eps the same way."""
+    assigned back (LBT-GAN_smnist.py, `e_train_op`), so they place eps the same way.
+
+    Every parameter of a group is updated by one `torch._foreach_*` call per operation
+    (the same elementwise arithmetic, in the same order, as a loop over parameters, so
+    the result is bit for bit a loop's; tested), which saves a Python loop and about ten
+    dispatches per parameter on each of LBT's estimator steps."""
     for group in opt.param_groups:
         b1, b2 = group["betas"]
         lr, eps = group["lr"], group["eps"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        for p in params:
             st = opt.state[p]
             if not st:  # as torch.optim.Adam lays out its state
                 dev = p.device if group.get("capturable") else torch.device("cpu")
@@ -115,12 +121,33 @@ def adam_eps_inside_(opt: torch.optim.Adam) -> None:
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["step"] += 1
-            t = _step_count(st["step"])
-            m, v = st["exp_avg"], st["exp_avg_sq"]
-            m.lerp_(p.grad, 1 - b1)
-            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            bc1, bc2 = 1 - b1**t, 1 - b2**t
-            p.sub_(lr * (m / bc1) / ((v + eps) / bc2).sqrt())
+        by_step: dict[int | torch.Tensor, list[torch.Tensor]] = {}
+        for p in params:  # parameters that have stepped equally often update together
+            t = _step_count(opt.state[p]["step"])
+            by_step.setdefault(t if isinstance(t, int) else id(p), []).append(p)
+        for same in by_step.values():
+            _adam_eps_inside_foreach(opt, same, b1, b2, lr, eps)
+
+
+def _adam_eps_inside_foreach(
+    opt: torch.optim.Adam, params: list[torch.Tensor], b1: float, b2: float, lr: float, eps: float
+) -> None:
+    states = [opt.state[p] for p in params]
+    grads = [p.grad for p in params]
+    ms = [st["exp_avg"] for st in states]
+    vs = [st["exp_avg_sq"] for st in states]
+    t = _step_count(states[0]["step"])
+    torch._foreach_lerp_(ms, grads, 1 - b1)
+    torch._foreach_mul_(vs, b2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+    bc1, bc2 = 1 - b1**t, 1 - b2**t
+    step = torch._foreach_div(ms, bc1)
+    torch._foreach_mul_(step, lr)
+    denom = torch._foreach_add(vs, eps)
+    torch._foreach_div_(denom, bc2)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_div_(step, denom)
+    torch._foreach_sub_(params, step)
 
 
 def sgd_step(params: Params, grads: Params, lr: float) -> Params:
