@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 import time
 
 import perf
@@ -378,3 +379,39 @@ def test_replica_and_graph_options_fail_with_one_line(capsys):
     assert perf.main(["--sections", "replicas", "--replica-methods", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("perf: error:") for line in err)
+
+
+def test_steady_section_tiny(tmp_path):
+    """The issue-16 section: intervals, spread against their median, fraction of the peak
+    measured in the section, and the neighbour job started and stopped."""
+    out = tmp_path / "perf"
+    argv = ["--out", str(out), "--sections", "steady", "--steady-methods", "gan"]
+    argv += ["--steady-updates", "4", "--steady-interval", "2", "--method-warmup", "1"]
+    argv += ["--peak-size", "64", "--peak-reps", "1"]
+    assert perf.main(argv) == 0
+    st = json.loads((out / "perf.json").read_text())["sections"]["steady"]
+    g = st["methods"]["gan"]
+    assert len(g["interval_ms_per_update"]) == 2
+    med = statistics.median(g["interval_ms_per_update"])
+    assert g["ms_median"] == pytest.approx(med)
+    assert g["spread"] == pytest.approx(
+        max(abs(x - med) for x in g["interval_ms_per_update"]) / med
+    )
+    assert g["peak_fraction"] == pytest.approx(g["flops_per_s"] / st["peak"])
+    assert st["peak"] == max(st["peaks"]) and st["load"] is True
+    assert "Steady updates" in (out / "perf.md").read_text()
+
+
+def test_neighbour_load_is_stopped():
+    with perf.neighbour_load(True) as proc:
+        assert proc.poll() is None  # running
+    assert proc.poll() is not None
+    with perf.neighbour_load(False) as none:
+        assert none is None
+
+
+def test_steady_interval_must_fit(capsys):
+    assert (
+        perf.main(["--sections", "steady", "--steady-updates", "5", "--steady-interval", "10"]) == 2
+    )
+    assert "--steady-interval" in capsys.readouterr().err

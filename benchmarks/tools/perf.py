@@ -35,6 +35,13 @@ Sections (each can be chosen with --sections):
               where the replicas section measured a method, the same with its seeds
               trained together (per seed-update cost at the suite's R, or the nearest
               measured R).
+  steady      the issue-16 targets: each --steady-methods method trained for
+              --steady-updates updates in intervals of --steady-interval, one seed, with
+              (--steady-load, default) another single-threaded job busy on a second core:
+              ms per update of each interval, the spread (largest distance of an
+              interval from the median, over the median) and the update's FLOP/s as a
+              fraction of the matmul peak measured in this section under the same load.
+              Targets (issue 16): LBT >= 0.47 and GAN >= 0.45 of the peak; spread <= 15%.
   processes   GAN throughput of --processes processes of 1 thread each against one
               process of --processes threads (CPU only), in overlapping windows.
 
@@ -90,7 +97,17 @@ SECTIONS = (
     "replicas",
     "graphs",
     "projection",
+    "steady",
     "processes",
+)
+STEADY_TARGETS = {"lbt": 0.47, "gan": 0.45}  # issue 16: fraction of the matmul peak
+STEADY_SPREAD_TARGET = 0.15  # issue 16: 20-update intervals within 15% of the median
+LOAD_JOB = (
+    "import torch\n"
+    "torch.set_num_threads(1)\n"
+    "a = torch.randn(512, 512)\n"
+    "while True:\n"
+    "    a = torch.tanh(a @ a / 512)\n"
 )
 OVERHEAD_TARGET = 1.10  # issue 8: the harness adds at most 10% per GAN step on CPU
 REPLICA_TARGET = 0.5  # issue 8: with replicas, GAN and LBT steps reach 0.5 of the CPU peak
@@ -392,6 +409,108 @@ def measure_methods(
             "diagnostics_s": median(diag[sel]),
         }
     return out
+
+
+# -- 4a. steady: the issue-16 targets under a neighbour's load -----------------------------
+
+
+@contextlib.contextmanager
+def neighbour_load(on: bool):
+    """A single-threaded matmul job busy for the duration (the other core's neighbour)."""
+    if not on:
+        yield None
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", LOAD_JOB], env=env)
+    try:
+        time.sleep(2.0)  # let it start working
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def measure_steady(
+    selectors: list[str],
+    dataset: str,
+    device: torch.device,
+    updates: int,
+    interval: int,
+    warmup: int,
+    load: bool,
+    peak_size: int,
+    peak_reps: int,
+) -> dict[str, Any]:
+    """Each method's `updates` updates timed in intervals of `interval`, one method after
+    another, with the matmul peak measured under the same conditions before and after."""
+    from mcbench.run.steady import keep_freed_memory
+
+    out: dict[str, Any] = {
+        "updates": updates,
+        "interval": interval,
+        "load": load,
+        "keep_freed_memory": keep_freed_memory(),
+        "methods": {},
+    }
+    with neighbour_load(load):
+        peaks = [matmul_peak(device, peak_size, peak_reps)["best"]]
+        for sel in selectors:
+            m, ds, data_rng = build(RunSpec(sel, dataset, 0, 1, 1, 1), device)
+            n = m.problem.batch_size
+
+            def one(m: Any = m, ds: Any = ds, data_rng: Any = data_rng, n: int = n) -> None:
+                m.step(ds.sample(n, data_rng, device))
+
+            for _ in range(warmup):
+                one()
+            flops = count_flops(one)
+            ms = []
+            for _ in range(max(1, updates // interval)):
+                t0 = now(device)
+                for _ in range(interval):
+                    one()
+                ms.append((now(device) - t0) / interval * 1e3)
+            med = median(ms)
+            out["methods"][sel] = {
+                "interval_ms_per_update": ms,
+                "ms_median": med,
+                "spread": max(abs(x - med) for x in ms) / med,
+                "flops_per_update": flops,
+                "flops_per_s": flops / (med / 1e3),
+            }
+        peaks.append(matmul_peak(device, peak_size, peak_reps)["best"])
+    out["peak"] = max(peaks)
+    out["peaks"] = peaks
+    for v in out["methods"].values():
+        v["peak_fraction"] = v["flops_per_s"] / out["peak"]
+    return out
+
+
+def _steady_md(st: dict[str, Any]) -> list[str]:
+    load = "with" if st["load"] else "without"
+    rows = [
+        "## Steady updates (issue 16 targets)",
+        "",
+        f"One seed, {st['updates']} updates per method in intervals of {st['interval']}, "
+        f"{load} a single-threaded matmul job on another core; matmul peak measured under "
+        f"the same conditions before and after: {st['peak'] / 1e9:.1f} GFLOP/s "
+        f"({', '.join(f'{p / 1e9:.1f}' for p in st['peaks'])}). Freed memory kept in the "
+        f"heap (mcbench.run.steady): {st['keep_freed_memory']}. Spread: the largest "
+        "distance of an interval from the median, over the median.",
+        "",
+        "| method | ms per update (median) | intervals min-max | spread | target | "
+        "fraction of peak | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, v in st["methods"].items():
+        ms = v["interval_ms_per_update"]
+        frac_t = STEADY_TARGETS.get(k)
+        rows.append(
+            f"| {k} | {_fmt(v['ms_median'])} | {_fmt(min(ms))}-{_fmt(max(ms))} | "
+            f"{v['spread'] * 100:.1f}% | <= {STEADY_SPREAD_TARGET * 100:.0f}% | "
+            f"{v['peak_fraction']:.3f} | {f'>= {frac_t}' if frac_t else '-'} |"
+        )
+    return [*rows, ""]
 
 
 # -- 4b. replicas: R seeds in one update -------------------------------------------------------
@@ -929,6 +1048,12 @@ def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
             for k, v in p["replicas"]["per_method"].items():
                 add("projection", k, "hours_replicas", v["total_s"] / 3600, "h")
             add("projection", "total", "hours_replicas", p["replicas"]["total_h"], "h")
+    if "steady" in S:
+        for k, v in S["steady"]["methods"].items():
+            add("steady", k, "ms_per_update", v["ms_median"], "ms")
+            add("steady", k, "spread", v["spread"], "ratio")
+            add("steady", k, "peak_fraction", v["peak_fraction"], "ratio")
+        add("steady", "matmul", "peak", S["steady"]["peak"], "FLOP/s")
     if "processes" in S:
         pr = S["processes"]
         for k, v in pr["updates_per_s"].items():
@@ -1058,6 +1183,8 @@ def markdown(res: dict[str, Any]) -> str:
             "",
         ]
         out += _projection_replicas_md(p, "replicas" in S)
+    if "steady" in S:
+        out += _steady_md(S["steady"])
     if "processes" in S:
         pr = S["processes"]
         n = pr["processes"]
@@ -1266,6 +1393,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--graph-steps", type=int, default=20, help="updates per timed block")
     ap.add_argument("--graph-reps", type=int, default=5, help="timed blocks of each side")
     ap.add_argument("--suite", default="paper", help="suite to project")
+    ap.add_argument("--steady-methods", default="lbt,gan", help="comma list (steady section)")
+    ap.add_argument("--steady-updates", type=int, default=200)
+    ap.add_argument("--steady-interval", type=int, default=20)
+    ap.add_argument(
+        "--steady-load",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a single-threaded job on another core during the steady section (CPU)",
+    )
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--process-seconds", type=float, default=10.0)
     ap.add_argument("--process-reps", type=int, default=3)
@@ -1288,6 +1424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise McbenchError("--processes and --process-reps must be >= 1, --process-seconds > 0")
     if args.method_warmup < 0:
         raise McbenchError("--method-warmup must be >= 0")
+    if args.steady_interval < 1 or args.steady_updates < args.steady_interval:
+        raise McbenchError("--steady-interval must be >= 1 and <= --steady-updates")
     for k in ("replica_warmup", "graph_warmup"):
         if getattr(args, k) < 0:
             raise McbenchError(f"--{k.replace('_', '-')} must be >= 0")
@@ -1432,6 +1570,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {k: v["seconds_median"] for k, v in S["metrics"].items()},
                 args.eval_samples,
                 per_seed,
+            ),
+        )
+    if "steady" in secs:
+        timed(
+            "steady",
+            lambda: measure_steady(
+                _selectors(args.steady_methods),
+                args.dataset,
+                device,
+                args.steady_updates,
+                args.steady_interval,
+                args.method_warmup,
+                args.steady_load and device.type == "cpu",
+                args.peak_size,
+                args.peak_reps,
             ),
         )
     if "processes" in secs:
