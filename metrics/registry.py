@@ -38,6 +38,9 @@ class MetricSpec:
     evaluated), so reports put a published number beside ours only at the same N.
     `lower` and `upper` bound the values (a count is never below 0): curve bands are
     clipped to them.
+    `flagged_by` names a metric counting how many of this one's items sit near its
+    threshold (modes_covered: modes_near_threshold); where that count is above 0 for a
+    method, reports flag the cell as read near the threshold.
     """
 
     name: str
@@ -51,6 +54,7 @@ class MetricSpec:
     samples: int | None = None
     lower: float | None = None
     upper: float | None = None
+    flagged_by: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "*" in self.name[:-1]:

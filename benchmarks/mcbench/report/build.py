@@ -409,13 +409,36 @@ def _error_words(error: str) -> str:
     }[error]
 
 
-def _cell(agg_row: pd.Series | None, error: str, n_ok: int) -> Cell:
+NEAR = "‡"  # a value read near its metric's threshold (MetricSpec.flagged_by)
+
+
+def _cell(agg_row: pd.Series | None, error: str, n_ok: int, near: bool = False) -> Cell:
     if agg_row is None:
         return Cell("—")
     text = fmt_stat(agg_row["mean"], agg_row["std"], agg_row["sem"], int(agg_row["n"]), error)
     if 0 < agg_row["n"] < n_ok:
         text += f" [n={int(agg_row['n'])}]"
+    if near:
+        text += f" {NEAR}"
     return Cell(text, bool(agg_row["best"]))
+
+
+def _near(look: dict, method: str, dataset: str, metric: str) -> bool:
+    """Whether `metric` was read near its threshold in some seed: the metric its
+    declaration names in `flagged_by` is above 0 on average (it counts, so >= 0)."""
+    spec = spec_of(metric)
+    flag = look.get((method, dataset, spec.flagged_by)) if spec and spec.flagged_by else None
+    return flag is not None and bool(flag["mean"] > 0)
+
+
+def _near_words(metrics: list[str]) -> str:
+    """The caption's note on flagged cells (empty when no column can be flagged)."""
+    flagged = [(m, spec_of(m).flagged_by) for m in metrics if spec_of(m) and spec_of(m).flagged_by]
+    return "".join(
+        f" {NEAR} on {label(m)}: read near its threshold in at least one seed ({f} > 0: "
+        f"{spec_of(f).definition if spec_of(f) else f}); such a count is not a finding."
+        for m, f in flagged
+    )
 
 
 def _lookup(agg: pd.DataFrame) -> dict[tuple[str, str, str], pd.Series]:
@@ -434,7 +457,10 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
         runs, failed = int(g["runs"].iloc[0]), int(g["failed"].iloc[0])
         n_ok = runs - failed
         row = [Cell(method), Cell(f"{n_ok} ({failed})")]
-        row += [_cell(look.get((method, dataset, m)), error, n_ok) for m in metrics]
+        row += [
+            _cell(look.get((method, dataset, m)), error, n_ok, _near(look, method, dataset, m))
+            for m in metrics
+        ]
         rows.append(row)
     arrows = ", ".join(f"{m} {arrow(m)}" for m in metrics if arrow(m))
     caption = (
@@ -442,6 +468,7 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
         + (f"; {significance_words()} ({arrows})" if arrows else "")
         + "; [n=k]: only k runs had a finite value. The CSV adds t-based 95% confidence "
         "intervals over seeds (ci95_low, ci95_high) and each best cell's p-value."
+        + _near_words(metrics)
     )
     data = sub[sub["metric"].isin(metrics) | (sub["metric"] == "")]
     return Table(f"final-{dataset}", f"Final metrics on {dataset}", header, rows, caption, data)
@@ -485,12 +512,16 @@ def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dic
                 if (method, d) in counts.index
                 else 0
             )
-            row += [_cell(look.get((method, d, m)), error, n_ok) for m in metrics]
+            row += [
+                _cell(look.get((method, d, m)), error, n_ok, _near(look, method, d, m))
+                for m in metrics
+            ]
         rows.append(row)
     data = agg[agg["dataset"].isin(datasets) & agg["metric"].isin(metrics)]
     caption = (
         f"2-D mixtures in the layout of VEEGAN/PacGAN Table 1: {_error_words(error)}; "
         f"{_arrows(metrics)}; {significance_words()}. Definitions: {_definitions(metrics)}"
+        + _near_words(metrics)
     )
     return Table(
         "mixture-2d", "2-D mixtures (VEEGAN/PacGAN layout)", header, rows, caption, data, groups
@@ -642,8 +673,10 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
             n = our_samples(metric, evaluated.get((method, dataset), set()))
             same = isinstance(n, int) and pd.notna(p["samples"]) and n == int(p["samples"])
             if same:
+                near = f" {NEAR}" if _near(look, method, dataset, metric) else ""
                 ours.append(
                     f"{method}: {fmt_stat(r['mean'], r['std'], r['sem'], int(r['n']), error)}"
+                    + near
                 )
             elif isinstance(n, int):
                 why = f"ours on N = {n:,}" if pd.notna(p["samples"]) else "the source states no N"
@@ -695,6 +728,7 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
         "definition and was computed on the same N; otherwise the cell says why. "
         f"Definitions: {_definitions(metrics)} The published protocols still differ from "
         "ours in budget and architecture: read differences with that in mind."
+        + _near_words(metrics)
     )
     return Table(
         f"published-{dataset}",
