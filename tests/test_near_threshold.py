@@ -69,3 +69,4 @@ def test_report_flags_the_cell_and_says_why():
     assert flagged.rows[0][col].text.endswith(build.NEAR)
     assert not clean.rows[0][col].text.endswith(build.NEAR)
     assert f"{build.NEAR} on " in flagged.caption and "not a finding" in flagged.caption
+    assert build.NEAR not in clean.caption  # no flagged cell, no note

@@ -223,6 +223,33 @@ def test_unknown_profile_is_a_one_line_error(capsys, tmp_path):
     assert not out.exists()
 
 
+def test_lbt_profile_on_stacked_mnist_is_common_nets_with_glorot_init():
+    """LBT-GAN_smnist.py's DCGAN (the common Stacked MNIST nets) under TensorFlow's
+    default initialisation: every conv / dense weight Glorot-uniform, biases zero."""
+    common = get_protocol("stacked-mnist")
+    lbt = get_protocol("stacked-mnist", "lbt")
+    assert dataclasses.replace(lbt, name="common", init="torch", source=common.source) == common
+    assert get_protocol("stacked-mnist-d0.25", "lbt").d_ratio == 0.25
+    p = problem_of("lbt", "stacked-mnist")
+    layers = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    for name, net in {"G": p.generator(p.latent_dim), "D": p.critic(), "mlp": p.mlp(8, 4)}.items():
+        for m in (m for m in net.modules() if isinstance(m, layers)):
+            w = m.weight
+            field = w[0][0].numel()
+            fan_in, fan_out = w.shape[1] * field, w.shape[0] * field
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert w.abs().max().item() <= bound * (1 + 1e-6), name
+            if w.numel() >= 2000:
+                assert w.var().item() == pytest.approx(bound**2 / 3, rel=0.1), name
+            assert m.bias is None or torch.count_nonzero(m.bias) == 0, name
+
+
+@pytest.mark.parametrize("suite", ["stacked", "stacked-quick", "lbt-table1"])
+def test_stacked_suites_run_lbt_gan_as_the_authors_code(suite):
+    (spec,) = {s.method: s for s in load_suite(suite).specs if s.method == "lbt-gan"}.values()
+    assert spec.params["preset"] == "authors-code"
+
+
 def test_profile_without_the_family_is_an_error():
     with pytest.raises(McbenchError, match="no 'pacgan' protocol for dataset family"):
         get_protocol("stacked-mnist", "pacgan")
@@ -263,6 +290,9 @@ def test_suite_protocol_field(tmp_path):
         ("pacgan-table1-common", "common"),
         ("veegan-table1", "common"),
         ("lbt-fig2", "lbt"),
+        ("lbt-table1", "lbt"),
+        ("pacgan-table2", "common"),
+        ("pacgan-table3", "common"),
     ],
 )
 def test_reproduction_suites_load(suite, profile):

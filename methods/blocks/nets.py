@@ -320,8 +320,10 @@ class DCGANFamily:
         activation: str,
         spec: DCGANSpec | None = None,
         d_ratio: float = 1.0,
+        init: str = "torch",
     ) -> None:
         self.data_shape = tuple(data_shape)
+        self.init = init  # see `initialize`: a paper's code's weight initialisation
         if len(self.data_shape) != 3:
             raise ValueError(f"DCGANFamily needs (C, H, W) data, got {self.data_shape}")
         self.hidden = tuple(hidden)
@@ -355,7 +357,7 @@ class DCGANFamily:
             ]
             c = width
         layers += [nn.ConvTranspose2d(c, self.data_shape[0], k, 2, pad, out_pad), nn.Sigmoid()]
-        return nn.Sequential(*layers)
+        return initialize(nn.Sequential(*layers), self.init)
 
     def d_channels(self, ratio: float | None = None) -> tuple[int, ...]:
         r = self.d_ratio if ratio is None else ratio
@@ -368,10 +370,12 @@ class DCGANFamily:
         if len(shape) == 4:  # (m, C, H, W): pack the m samples along channels
             shape = (shape[0] * shape[1], *shape[2:])
         if len(shape) != 3:  # not an image (e.g. a latent code): an MLP
-            return JointMLP(flat_dim(shape), extra_dim, out_dim, self.hidden, "leaky_relu")
+            net = JointMLP(flat_dim(shape), extra_dim, out_dim, self.hidden, "leaky_relu")
+            return initialize(net, self.init)
         s = self.spec
         dense = s.d_dense or ((s.joint_hidden,) if extra_dim else ())
-        return ConvCritic(shape, self.d_channels(ratio), s.d_kernel, dense, out_dim, extra_dim)
+        net = ConvCritic(shape, self.d_channels(ratio), s.d_kernel, dense, out_dim, extra_dim)
+        return initialize(net, self.init)
 
     def critic(
         self, in_shape: Sequence[int] | None = None, out_dim: int = 1, extra_dim: int = 0
@@ -386,4 +390,5 @@ class DCGANFamily:
         return self._conv(in_shape, out_dim, 0, 1.0)
 
     def mlp(self, in_dim: int, out_dim: int, hidden: Sequence[int] | None = None) -> nn.Module:
-        return mlp(in_dim, out_dim, self.hidden if hidden is None else hidden, self.activation)
+        net = mlp(in_dim, out_dim, self.hidden if hidden is None else hidden, self.activation)
+        return initialize(net, self.init)

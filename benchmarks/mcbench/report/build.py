@@ -431,8 +431,10 @@ def _near(look: dict, method: str, dataset: str, metric: str) -> bool:
     return flag is not None and bool(flag["mean"] > 0)
 
 
-def _near_words(metrics: list[str]) -> str:
-    """The caption's note on flagged cells (empty when no column can be flagged)."""
+def _near_words(metrics: list[str], rows: list[list[Cell]]) -> str:
+    """The caption's note on flagged cells (empty when no cell is flagged)."""
+    if not any(NEAR in c.text for row in rows for c in row):
+        return ""
     flagged = [(m, spec_of(m).flagged_by) for m in metrics if spec_of(m) and spec_of(m).flagged_by]
     return "".join(
         f" {NEAR} on {label(m)}: read near its threshold in at least one seed ({f} > 0: "
@@ -468,7 +470,7 @@ def final_table(agg: pd.DataFrame, dataset: str, error: str = "both") -> Table:
         + (f"; {significance_words()} ({arrows})" if arrows else "")
         + "; [n=k]: only k runs had a finite value. The CSV adds t-based 95% confidence "
         "intervals over seeds (ci95_low, ci95_high) and each best cell's p-value."
-        + _near_words(metrics)
+        + _near_words(metrics, rows)
     )
     data = sub[sub["metric"].isin(metrics) | (sub["metric"] == "")]
     return Table(f"final-{dataset}", f"Final metrics on {dataset}", header, rows, caption, data)
@@ -521,7 +523,7 @@ def mixture_table(agg: pd.DataFrame, datasets: list[str], error: str, modes: dic
     caption = (
         f"2-D mixtures in the layout of VEEGAN/PacGAN Table 1: {_error_words(error)}; "
         f"{_arrows(metrics)}; {significance_words()}. Definitions: {_definitions(metrics)}"
-        + _near_words(metrics)
+        + _near_words(metrics, rows)
     )
     return Table(
         "mixture-2d", "2-D mixtures (VEEGAN/PacGAN layout)", header, rows, caption, data, groups
@@ -728,7 +730,7 @@ def comparison_table(results: Results, agg: pd.DataFrame, dataset: str, error: s
         "definition and was computed on the same N; otherwise the cell says why. "
         f"Definitions: {_definitions(metrics)} The published protocols still differ from "
         "ours in budget and architecture: read differences with that in mind."
-        + _near_words(metrics)
+        + _near_words(metrics, rows)
     )
     return Table(
         f"published-{dataset}",
