@@ -3,6 +3,9 @@
 Per generator update:
   1. for d_steps: update D to tell real from fake,  L_D = -log D(x) - log(1 - D(G(z)))
   2. update G to fool D,                             L_G = -log D(G(z))
+With `simultaneous=True` (PacGAN's code, whose Blocks/Theano graph computes both updates
+from one forward pass): one draw G(z); G's gradient of L_G and D's of L_D are both taken
+at the current weights, then both nets step (d_steps must be 1).
 """
 
 from __future__ import annotations
@@ -11,16 +14,18 @@ from dataclasses import dataclass
 
 import torch
 
-from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+from mcbench.methods.blocks.losses import check_simultaneous, d_loss, g_loss_nonsaturating
 from mcbench.plugin.method import Method, Problem, positive
 
 
 @dataclass
 class GANConfig:
     d_steps: int = 1  # discriminator updates per generator update
+    simultaneous: bool = False  # PacGAN's code: D and G step from one forward pass
 
     def validate(self) -> None:
         positive("gan", d_steps=self.d_steps)
+        check_simultaneous("gan", self.simultaneous, self.d_steps)
 
 
 class GAN(Method):
@@ -38,6 +43,8 @@ class GAN(Method):
 
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         n = self.num_samples(real)
+        if self.cfg.simultaneous:
+            return self.simultaneous_step(real, self.G(self.randn(n)))
         for _ in range(self.cfg.d_steps):
             fake = self.G(self.randn(n)).detach()
             loss_d = d_loss(self.D(real), self.D(fake))
@@ -45,4 +52,15 @@ class GAN(Method):
 
         loss_g = g_loss_nonsaturating(self.D(self.G(self.randn(n))))
         self.minimize(self.opt_g, loss_g)
+        return {"d": loss_d.detach(), "g": loss_g.detach()}
+
+    def simultaneous_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both gradients at the current weights from one draw, then both steps."""
+        loss_g = g_loss_nonsaturating(self.D(fake))
+        grads_g = self.grad(loss_g, list(self.G.parameters()))  # before D changes
+        loss_d = d_loss(self.D(real), self.D(fake.detach()))
+        self.minimize(self.opt_d, loss_d)
+        for p, g in zip(self.G.parameters(), grads_g, strict=True):
+            p.grad = g
+        self.opt_g.step()
         return {"d": loss_d.detach(), "g": loss_g.detach()}

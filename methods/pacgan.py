@@ -9,6 +9,8 @@ Per generator update, on a batch of n real samples:
   2. update D on packs,  L_D = -log D(pack(x)) - log(1 - D(pack(G(z))));
   3. update G,           L_G = -log D(pack(G(z))).
 Nothing else changes from the GAN: only D's input layer is m times wider.
+`simultaneous=True`: steps 2 and 3 from one draw and the same D, as the authors' code
+updates both nets (see `mcbench.methods.gan`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+from mcbench.methods.blocks.losses import check_simultaneous, d_loss, g_loss_nonsaturating
 from mcbench.plugin.method import Method, Problem, positive
 
 if TYPE_CHECKING:
@@ -41,9 +43,11 @@ def pack(x: torch.Tensor, m: int, dim: int = 0) -> torch.Tensor:
 class PacGANConfig:
     m: int = 2  # samples per pack (the paper studies 2, 3 and 4)
     d_steps: int = 1  # discriminator updates per generator update
+    simultaneous: bool = False  # the authors' code: D and G step from one forward pass
 
     def validate(self) -> None:
         positive("pacgan", m=self.m, d_steps=self.d_steps)
+        check_simultaneous("pacgan", self.simultaneous, self.d_steps)
         if self.m < 2:  # one sample a pack packs nothing: it would train a plain GAN
             raise McbenchError(
                 f"method 'pacgan': m must be at least 2 (m={self.m} is the plain GAN: `gan`)"
@@ -96,6 +100,8 @@ class PacGAN(Method):
         if n == 0:
             raise McbenchError(f"method 'pacgan': batch of {size} < m={m}")
         real_packs = self.pack(real)
+        if self.cfg.simultaneous:
+            return self.simultaneous_step(real_packs, self.G(self.randn(n)))
         for _ in range(self.cfg.d_steps):
             fake = self.G(self.randn(n)).detach()
             loss_d = d_loss(self.D(real_packs), self.D(self.pack(fake)))
@@ -103,4 +109,15 @@ class PacGAN(Method):
 
         loss_g = g_loss_nonsaturating(self.D(self.pack(self.G(self.randn(n)))))
         self.minimize(self.opt_g, loss_g)
+        return {"d": loss_d.detach(), "g": loss_g.detach()}
+
+    def simultaneous_step(self, real_packs: torch.Tensor, fake: torch.Tensor) -> dict:
+        """Both gradients at the current weights from one draw, then both steps."""
+        loss_g = g_loss_nonsaturating(self.D(self.pack(fake)))
+        grads_g = self.grad(loss_g, list(self.G.parameters()))  # before D changes
+        loss_d = d_loss(self.D(real_packs), self.D(self.pack(fake.detach())))
+        self.minimize(self.opt_d, loss_d)
+        for p, g in zip(self.G.parameters(), grads_g, strict=True):
+            p.grad = g
+        self.opt_g.step()
         return {"d": loss_d.detach(), "g": loss_g.detach()}

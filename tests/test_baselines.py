@@ -238,3 +238,41 @@ def test_gan_si_with_lambda_zero_is_a_gan(float64):
 def test_gan_si_rejects_negative_lambda():
     with pytest.raises(McbenchError, match="lam must be >= 0"):
         GANSI.make_config({"lam": -0.5})
+
+
+@pytest.mark.parametrize("method", ["gan", "pacgan"])
+def test_simultaneous_update_takes_both_gradients_at_the_same_weights(method):
+    """PacGAN's code: G's gradient is taken against D before D's step, from the same
+    draw D learns on; both equal the gradients computed by hand on copies of the nets."""
+    import copy
+
+    from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
+    from mcbench.run.runner import RunSpec, build
+
+    spec = RunSpec(method, "ring", 0, 2, 2, 100, params={"simultaneous": True})
+    m, ds, data_rng = build(spec, torch.device("cpu"))
+    real = ds.sample(m.problem.batch_size, data_rng, torch.device("cpu"))
+    G0, D0 = copy.deepcopy(m.G), copy.deepcopy(m.D)
+    state = m.problem.rng.get_state()
+    m.step(real)
+    # by hand: the same draw, both gradients at (G0, D0)
+    rng = torch.Generator().manual_seed(0)
+    rng.set_state(state)
+    z = torch.randn(m.problem.batch_size, m.problem.latent_dim, generator=rng)
+    pk = (lambda x: m.pack(x)) if method == "pacgan" else (lambda x: x)
+    n = (real.shape[0] // getattr(m.cfg, "m", 1)) * getattr(m.cfg, "m", 1)
+    fake = G0(z[:n])
+    gg = torch.autograd.grad(g_loss_nonsaturating(D0(pk(fake))), list(G0.parameters()))
+    gd = torch.autograd.grad(d_loss(D0(pk(real)), D0(pk(fake.detach()))), list(D0.parameters()))
+    for p, g in zip(m.G.parameters(), gg, strict=True):
+        torch.testing.assert_close(p.grad, g)
+    for p, g in zip(m.D.parameters(), gd, strict=True):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_simultaneous_needs_one_d_step():
+    from mcbench.errors import McbenchError
+    from mcbench.plugin.registry import resolve
+
+    with pytest.raises(McbenchError, match="simultaneous=true takes exactly one D step"):
+        resolve("gan", {"simultaneous": True, "d_steps": 2})

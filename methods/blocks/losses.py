@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mcbench.errors import McbenchError
+
 
 def sample_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over the samples: a scalar for (n, k), (R,) for (R, n, k)."""
@@ -28,3 +30,12 @@ def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
 def g_loss_minimax(fake_logits: torch.Tensor) -> torch.Tensor:
     """log(1 - D(G(z))), the saturating minimax loss (kept for completeness)."""
     return -sample_mean(F.softplus(fake_logits))
+
+
+def check_simultaneous(method: str, simultaneous: bool, d_steps: int) -> None:
+    """A simultaneous update takes one D step per G step (PacGAN's code)."""
+    if simultaneous and d_steps != 1:
+        raise McbenchError(
+            f"method {method!r}: simultaneous=true takes exactly one D step per update "
+            f"(d_steps={d_steps})"
+        )
