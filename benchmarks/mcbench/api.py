@@ -39,7 +39,14 @@ DEFAULT_STEPS = 2000
 DEFAULT_EVAL_SAMPLES = 100_000
 MAX_EVAL_EVERY = 500
 # Suite keys that `run(**options)` passes into the grid (see mcbench.run.suite).
-SUITE_OPTIONS = ("params", "budget", "exclude", "checkpoint_every", "description")
+SUITE_OPTIONS = (
+    "params",
+    "budget",
+    "exclude",
+    "checkpoint_every",
+    "description",
+    "regularizers",
+)
 
 __all__ = [
     "DEFAULT_OUT",

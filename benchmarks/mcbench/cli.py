@@ -88,11 +88,25 @@ def _seed(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float:
+    """argparse type: a number (its range is checked with the run's other options)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+REGULARIZER_OPTIONS = ("instance_noise", "noise_schedule", "noise_steps", "lr_d", "lr_g")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from mcbench.report.build import load, markdown
     from mcbench.run.suite import build_suite, default_jobs, load_suite, run_specs
 
     budget = {"steps": args.steps, "eval_every": args.eval_every, "eval_samples": args.eval_samples}
+    regularizers = {
+        k: getattr(args, k) for k in REGULARIZER_OPTIONS if getattr(args, k) is not None
+    }
     if args.suite:
         overrides = {
             **budget,
@@ -100,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "datasets": args.dataset,
             "methods": args.method,
             "protocol": args.protocol,
+            "regularizers": regularizers,
         }
         suite = load_suite(args.suite, overrides)
         out = Path(args.out or f"results/{suite.name}")
@@ -114,12 +129,23 @@ def cmd_run(args: argparse.Namespace) -> None:
             "eval_every": args.eval_every or min(500, args.steps or 2000),
             "eval_samples": args.eval_samples or 100_000,
             "protocol": args.protocol or "common",
+            "regularizers": regularizers,
         }
         suite = build_suite("adhoc", raw)
         out = Path(args.out or "results/adhoc")
     if out.exists() and not out.is_dir():
         raise McbenchError(f"--out {out} exists and is not a folder")
-    print(f"mcbench: {len(suite.specs)} runs of suite {suite.name!r} -> {out}", file=sys.stderr)
+    tensorboard = args.tensorboard or suite.tensorboard
+    if tensorboard:
+        from mcbench.run.tensorboard import check_available
+
+        check_available()  # before the first line of output
+    regs = {s.regularizers.describe() for s in suite.specs} - {"none"}
+    shown = f" with {', '.join(sorted(regs))}" if regs else ""
+    print(
+        f"mcbench: {len(suite.specs)} runs of suite {suite.name!r} -> {out}{shown}",
+        file=sys.stderr,
+    )
     outcomes = run_specs(
         suite.specs,
         out,
@@ -133,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         verbose=args.verbose,
         replicas=args.replicas or suite.replicas,
         graphs=args.graphs,
+        tensorboard=tensorboard,
     )
     count = {
         s: sum(o["status"] == s and not o.get("skipped") for o in outcomes)
@@ -359,6 +386,45 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on a CUDA device, replay each update as a captured CUDA graph (after a few "
         "eager updates; eager where capture fails; no effect on a CPU)",
+    )
+    g = s.add_argument_group(
+        "regularizers",
+        "harness options for every GAN-family method (recorded in each run's config and "
+        "key; override a suite's [regularizers])",
+    )
+    g.add_argument(
+        "--instance-noise",
+        type=_number,
+        metavar="SIGMA",
+        help="std of Gaussian noise added to every critic input, real and generated "
+        "(Arjovsky & Bottou 2017); annealed to 0 (see --noise-schedule); default 0: none",
+    )
+    g.add_argument(
+        "--noise-schedule",
+        choices=("linear", "constant"),
+        help="linear (default): SIGMA falls linearly to 0 over --noise-steps updates; "
+        "constant: SIGMA throughout",
+    )
+    g.add_argument(
+        "--noise-steps",
+        type=_positive,
+        metavar="N",
+        help="generator updates over which linear noise falls to 0 (default: the run's steps)",
+    )
+    g.add_argument(
+        "--lr-d",
+        type=_number,
+        metavar="LR",
+        help="the discriminator side's Adam rate, in place of the protocol's (TTUR, "
+        "Heusel et al. 2017; e.g. --lr-d 4e-4 --lr-g 1e-4 as SAGAN)",
+    )
+    g.add_argument("--lr-g", type=_number, metavar="LR", help="the generator's Adam rate (TTUR)")
+    s.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write each run's curves as TensorBoard scalars into its folder's tb/ as they "
+        "are recorded (needs pip install 'mcbench[tensorboard]'; or tensorboard = true "
+        "in a suite)",
     )
     s.add_argument("--out", "-o", help="results folder (default: results/<suite>)")
     s.add_argument(

@@ -93,6 +93,10 @@ class Problem:
     # Optimisers keep their step on the device, so a whole update can be captured as a
     # CUDA graph (mcbench.run.graphs); off by default (it is slower eagerly).
     capturable: bool = False
+    # The run's instance noise (mcbench.plugin.regularizers.InstanceNoise; not imported
+    # here: it imports this module), which `critic` then wraps every critic in; None:
+    # none. Methods never read it: the harness advances it through `begin_update`.
+    instance_noise: Any = field(default=None, repr=False)
 
     @property
     def data_dim(self) -> int:
@@ -105,6 +109,14 @@ class Problem:
     def batch_dim(self) -> int:
         """The samples' dimension: 0 for one seed, 1 with replicas (0 is the replica)."""
         return 0 if self.replicas is None else 1
+
+    def begin_update(self, step: int) -> None:
+        """Called by the harness before generator update `step` (1, 2, ...): what
+        advances once per generator update, not per critic call (the instance-noise
+        level), advances here. A loop that calls `step` itself should call this too,
+        or the noise stays at its first update's level."""
+        if self.instance_noise is not None:
+            self.instance_noise.begin_update(step)
 
     def noise(self, n: int, dim: int | None = None, rng: Rng | None = None) -> torch.Tensor:
         """Standard normal codes from the method's seeded stream (or from `rng`): (n, d),

@@ -39,6 +39,7 @@ from scipy.stats import ttest_ind
 import mcbench
 from mcbench.errors import McbenchError
 from mcbench.plugin.registry import parse_selector
+from mcbench.plugin.regularizers import Regularizers
 from mcbench.report import figures as figs
 from mcbench.report.document import Cell, Document, Figure, Table, cells, frame_table
 from mcbench.report.naming import (
@@ -164,8 +165,17 @@ def _run_record(name: str, cfg: dict[str, Any], rows: pd.DataFrame, d: Path | No
         "steps": steps,
         "family": info.get("family", ""),
         "protocol": cfg.get("protocol", {}).get("name", "common"),
+        "regularizers": _regularizers(cfg),
         "dir": str(d) if d else "",
     }
+
+
+def _regularizers(cfg: dict[str, Any]) -> str:
+    """The run's harness options (instance noise, TTUR rates) in words; "none" if unset."""
+    try:
+        return Regularizers.from_options(cfg.get("regularizers") or {}).describe()
+    except McbenchError:
+        return "unreadable"
 
 
 def _read_run(d: Path) -> tuple[dict, pd.DataFrame] | str:
@@ -255,8 +265,9 @@ def load_results(paths: list[Path | str]) -> Results:
 
 def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
     """`method` = the selector, with the protocol profile appended where one selector was
-    run on one dataset under several (``gan [pacgan]``, side by side), and the budget
-    where with different numbers of steps (merged suites): never average those."""
+    run on one dataset under several (``gan [pacgan]``, side by side), the harness
+    options where set (``gan [noise 0.1 linear/1000]``), and the budget where with
+    different numbers of steps (merged suites): never average those."""
     runs["method"] = runs["selector"]
     if "protocol" not in runs:  # records from before profiles
         runs["protocol"] = "common"
@@ -264,6 +275,12 @@ def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
     several = n_protocols > 1
     runs.loc[several, "method"] = runs.loc[several].apply(
         lambda r: f"{r['selector']} [{r['protocol']}]", axis=1
+    )
+    if "regularizers" not in runs:
+        runs["regularizers"] = "none"
+    regularized = runs["regularizers"] != "none"  # never averaged with plain runs
+    runs.loc[regularized, "method"] = runs.loc[regularized].apply(
+        lambda r: f"{r['method']} [{r['regularizers']}]", axis=1
     )
     n_budgets = runs.groupby(["selector", "dataset", "protocol"])["steps"].transform("nunique")
     mixed = n_budgets > 1
@@ -592,8 +609,8 @@ def method_identity(results: Results) -> dict[tuple[str, str], tuple[str, dict]]
     out = {}
     for r in results.runs.itertuples():
         key = (r.method, r.dataset)
-        if key in out:
-            continue
+        if key in out or getattr(r, "regularizers", "none") != "none":
+            continue  # a run with instance noise or its own rates is not the paper's method
         cfg = results.configs.get(r.run, {})
         try:
             name, params = parse_selector(r.selector)

@@ -7,6 +7,7 @@ metric rows, latest metrics and failure. `Progress` is what a checkpoint saves o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -51,12 +52,19 @@ class Progress:
 
 class Ledger:
     """Rows, latest metrics, failures and final samples of each replica r of a group
-    (r indexes `specs`)."""
+    (r indexes `specs`). `on_record(r, step, metric, value)`, if given, sees every value
+    as it is recorded (the TensorBoard live view)."""
 
-    def __init__(self, specs: list[SpecLike], progress: Progress) -> None:
+    def __init__(
+        self,
+        specs: list[SpecLike],
+        progress: Progress,
+        on_record: Callable[[int, int, str, float], None] | None = None,
+    ) -> None:
         self.method, self.dataset = specs[0].method, specs[0].dataset
         self.seeds = [s.seed for s in specs]
         self.progress = progress
+        self.on_record = on_record
         self.alive = [r for r, sd in enumerate(self.seeds) if sd not in progress.failed]
         self.final_samples: list[torch.Tensor | None] = [None] * len(specs)
         self.latest: list[dict[str, float]] = [{} for _ in specs]
@@ -83,6 +91,8 @@ class Ledger:
             }
         )
         self.latest[r][metric] = float(value)
+        if self.on_record is not None:
+            self.on_record(r, step, metric, float(value))
 
     def fail(self, r: int, step: int, reason: str, **extra: Any) -> None:
         """Mark replica r failed at `step`; the others go on. A replica fails once: its

@@ -36,8 +36,10 @@ import torch
 import mcbench
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
+from mcbench.plugin import regularizers as regs
 from mcbench.plugin.protocol import get_protocol, make_problem
 from mcbench.plugin.registry import resolve
+from mcbench.plugin.regularizers import Regularizers
 from mcbench.plugin.replicas import replica_state
 from mcbench.run import store as res
 from mcbench.run.checkpoint import Checkpointer
@@ -47,6 +49,7 @@ from mcbench.run.graphs import GRAPH_WARMUP, Stepper
 from mcbench.run.ledger import Ledger, Progress
 from mcbench.run.progress import Reporter, log, report_progress
 from mcbench.run.seeds import derive_seed, generator
+from mcbench.run.tensorboard import TB_DIR, LiveView
 
 __all__ = [
     "EVAL_CHUNK",
@@ -54,6 +57,7 @@ __all__ = [
     "RunSpec",
     "build",
     "build_group",
+    "check_regularizers",
     "code_identity",
     "cpu_model",
     "default_device",
@@ -78,7 +82,9 @@ __all__ = [
 @dataclass(frozen=True)
 class RunSpec:
     """One run. `method` is a selector (``pacgan[m=3]``); `params` more overrides;
-    `protocol` the profile it trains under (`mcbench.plugin.protocol.PROFILES`)."""
+    `protocol` the profile it trains under (`mcbench.plugin.protocol.PROFILES`);
+    `regularizers` the harness's training options (instance noise, TTUR rates;
+    `mcbench.plugin.regularizers`), none by default."""
 
     method: str
     dataset: str
@@ -88,12 +94,16 @@ class RunSpec:
     eval_samples: int
     params: dict[str, Any] = field(default_factory=dict)
     protocol: str = "common"
+    regularizers: Regularizers = field(default_factory=Regularizers)
 
     def resolved(self) -> dict[str, Any]:
-        """The full configuration that determines the numbers (hashed for the key)."""
+        """The full configuration that determines the numbers (hashed for the key).
+        "regularizers" appears only where one is set, so runs without any keep the
+        keys they had before regularizers existed."""
         entry, cfg = resolve(self.method, self.params)
         ds = get_dataset(self.dataset)
-        return {
+        proto = get_protocol(ds.family, self.protocol, self.dataset)
+        out = {
             "method": self.method,
             "method_class": entry.cls.name,
             "hyperparameters": dataclasses.asdict(cfg) if cfg is not None else {},
@@ -104,8 +114,12 @@ class RunSpec:
                 "eval_every": self.eval_every,
                 "eval_samples": self.eval_samples,
             },
-            "protocol": get_protocol(ds.family, self.protocol, self.dataset).as_dict(),
+            "protocol": proto.as_dict(),
         }
+        record = self.regularizers.record(self.steps, proto.lr_d, proto.lr_g)
+        if record:
+            out["regularizers"] = record
+        return out
 
     def key(self) -> str:
         """Hash of `resolved`, the protocol as `Protocol.key_dict` (common-protocol runs
@@ -140,6 +154,22 @@ def _pack(cfg: Any) -> int:
     return int(getattr(cfg, "m", 1))
 
 
+def _noise_rng(spec: RunSpec, device: torch.device) -> torch.Generator | None:
+    """The seed's instance-noise stream (its own purpose: nothing else shifts)."""
+    if not spec.regularizers.noisy:
+        return None
+    return generator(device, derive_seed(spec.seed, "instance-noise"))
+
+
+def _construct(entry: Any, cfg: Any, problem: Any, spec: RunSpec, noise_rng: Any) -> Any:
+    """The method built on `problem` with the run's regularizers applied (`noise_rng`:
+    the instance-noise stream, one per replica)."""
+    problem = regs.apply(problem, spec.regularizers, spec.steps, noise_rng)
+    method = entry.cls(problem, cfg)
+    regs.check_applied(problem, spec.method)
+    return method
+
+
 def build(
     spec: RunSpec, device: torch.device, capturable: bool = False
 ) -> tuple[Any, Any, torch.Generator]:
@@ -151,7 +181,7 @@ def build(
     problem = make_problem(
         ds, proto, device, method_rng, data_rng, capturable=capturable, pack=_pack(cfg)
     )
-    return entry.cls(problem, cfg), ds, data_rng
+    return _construct(entry, cfg, problem, spec, _noise_rng(spec, device)), ds, data_rng
 
 
 def groupable(specs: list[RunSpec]) -> bool:
@@ -181,7 +211,8 @@ def build_group(
     problem = make_problem(
         ds, proto, device, method_rngs, data_rngs, init_states, capturable, _pack(cfg)
     )
-    return entry.cls(problem, cfg), ds, data_rngs
+    noise = [_noise_rng(s, device) for s in specs] if specs[0].regularizers.noisy else None
+    return _construct(entry, cfg, problem, specs[0], noise), ds, data_rngs
 
 
 def group_key(specs: list[RunSpec]) -> str:
@@ -201,7 +232,32 @@ def spec_of(config: dict[str, Any]) -> RunSpec:
         b["eval_samples"],
         config.get("params", {}),
         config.get("protocol", {}).get("name", "common"),
+        Regularizers.from_options(config.get("regularizers") or {}, "config.json regularizers"),
     )
+
+
+@contextlib.contextmanager
+def _global_streams_kept():
+    """Torch's, numpy's and Python's global streams as they were, whatever the block
+    seeds (building a method seeds them, as the runner does)."""
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+
+
+def check_regularizers(spec: RunSpec) -> None:
+    """Refuse, before any work, a run whose regularizers its method cannot take:
+    instance noise on a method that builds no critic through `problem.critic()` (it
+    would do nothing). Builds the method once on the CPU; the caller's global streams
+    are left as they were."""
+    if not spec.regularizers.noisy:
+        return
+    with _global_streams_kept():
+        build(spec, torch.device("cpu"))
 
 
 def load_method(run_dir: Path, device: torch.device | None = None) -> Any:
@@ -251,6 +307,7 @@ def train_group(
     progress: list[Path | None] | None = None,
     verbose: bool = False,
     graphs: bool = False,
+    tensorboard: list[Path | None] | None = None,
 ) -> tuple[list[tuple[list[dict], dict]], Any]:
     """Train runs that differ only in seed as vectorised replicas (one run: the plain
     method, a group of one); returns ((rows, status) per spec, method).
@@ -261,21 +318,30 @@ def train_group(
     of replicas: the cost of one seed's update. With `graphs` on a CUDA device, after
     GRAPH_WARMUP eager updates the update is captured as a CUDA graph and replayed
     (mcbench.run.graphs); where capture is impossible or fails, training goes on eagerly.
+    `tensorboard[r]` (None: none) is the folder where run r's recorded values are
+    written as TensorBoard scalars (mcbench.run.tensorboard), flushed at each evaluation.
     """
     device = device or default_device()
-    spec, capture = specs[0], graphs and device.type == "cuda"
+    spec = specs[0]
+    # instance noise draws from streams a CUDA graph capture does not register yet
+    noisy = spec.regularizers.noisy
+    capture = graphs and device.type == "cuda" and not noisy
     saver = Checkpointer(checkpoint, group_key(specs), checkpoint_every or spec.eval_every, device)
     method, ds, data_rng, prog = _build_or_resume(specs, device, capture, saver, verbose)
-    ledger = Ledger(specs, prog)
+    view = LiveView(tensorboard, prog.step) if tensorboard is not None else None
+    ledger = Ledger(specs, prog, on_record=None if view is None else view.record)
     watch = DivergenceWatch(len(specs), device)
     evaluate = Evaluator(method, ds, spec.eval_samples, device)
     update = Stepper(method, device, capture, name=spec.run_name())
+    if graphs and noisy and device.type == "cuda":
+        update.execution = "eager (instance noise is not captured as a CUDA graph)"
     report = Reporter(specs, progress, verbose, checkpoint)
     step = prog.step
     try:
         for step in range(prog.step + 1, spec.steps + 1):
             if not ledger.alive:
                 break
+            method.problem.begin_update(step)  # per generator update (instance noise)
             losses, seconds = update(method.problem.sample_real(method.problem.batch_size))
             prog.timed(seconds)
             watch.observe(step, losses)  # on the device: no host sync per step
@@ -287,6 +353,8 @@ def train_group(
                 ledger.fail(r, bad, f"a loss is NaN or inf at step {bad}")
             if evaluating and ledger.alive:
                 evaluate(step, losses, ledger)
+                if view is not None:  # before the checkpoint: what it holds is written
+                    view.flush()
             if saving and ledger.alive:
                 saver.save(step, method, data_rng, prog)
             report(step, ledger, evaluated=evaluating)
@@ -295,6 +363,9 @@ def train_group(
     except Exception as exc:  # a method bug must not take the suite down with it
         for r in list(ledger.alive):
             ledger.fail(r, step, f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    finally:
+        if view is not None:
+            view.close()
     return ledger.outcomes(update.execution), method
 
 
@@ -385,12 +456,18 @@ def _source_hash(cls: type) -> str:
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def code_identity(method: str, params: dict[str, Any] | None = None) -> dict[str, str]:
+def code_identity(
+    method: str, params: dict[str, Any] | None = None, regularized: bool = False
+) -> dict[str, str]:
     """What code produced a run (recorded in config.json["code"]): the harness version
-    and a hash of the method's source files. A finished run whose code differs from the
-    current code is stale and trained again (see `stale`)."""
+    and a hash of the method's source files, and with `regularized` (a run with
+    regularizers) of the regularizers' source. A finished run whose code differs from
+    the current code is stale and trained again (see `stale`)."""
     entry, _ = resolve(method, params or {})
-    return {"mcbench": mcbench.__version__, "method_source": _source_hash(entry.cls)}
+    out = {"mcbench": mcbench.__version__, "method_source": _source_hash(entry.cls)}
+    if regularized:
+        out["regularizers_source"] = res.sha256_file(Path(regs.__file__))
+    return out
 
 
 def stale(cfg: dict[str, Any]) -> str | None:
@@ -400,11 +477,14 @@ def stale(cfg: dict[str, Any]) -> str | None:
     if not isinstance(recorded, dict):
         return None
     try:
-        now = code_identity(cfg["method"], cfg.get("params", {}))
+        now = code_identity(cfg["method"], cfg.get("params", {}), bool(cfg.get("regularizers")))
     except (McbenchError, KeyError):
         return None  # a method that no longer exists: nothing newer to train it with
     if recorded.get("method_source") != now["method_source"]:
         return "the method's source code changed since this run"
+    was = recorded.get("regularizers_source")
+    if was is not None and was != now.get("regularizers_source"):
+        return "the regularizers' source code changed since this run"
     if recorded.get("mcbench") != now["mcbench"]:
         return f"mcbench changed ({recorded.get('mcbench')} -> {now['mcbench']})"
     return None
@@ -440,12 +520,14 @@ def run(
     retry_failed: bool = False,
     verbose: bool = False,
     graphs: bool = False,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train `spec` unless its folder already holds a finished run; publish atomically.
 
     The run trains in RESULTS_DIR/runs/.<run>.partial (its checkpoint and progress live
     there), under a lock so that no two processes train it at once; the finished folder
-    appears in one rename and the checkpoint goes with the staging folder.
+    appears in one rename and the checkpoint goes with the staging folder. With
+    `tensorboard`, its curves are written as TensorBoard scalars into the folder's tb/.
     """
     return run_group(
         [spec],
@@ -456,6 +538,7 @@ def run(
         retry_failed=retry_failed,
         verbose=verbose,
         graphs=graphs,
+        tensorboard=tensorboard,
     )[0]
 
 
@@ -469,6 +552,7 @@ def run_group(
     retry_failed: bool = False,
     verbose: bool = False,
     graphs: bool = False,
+    tensorboard: bool = False,
 ) -> list[dict[str, Any]]:
     """`run` for runs that differ only in seed, trained together as replicas: each run
     is locked, staged and published on its own, exactly like a sequential run.
@@ -507,7 +591,7 @@ def run_group(
         if not todo:
             return [{**cfg, "skipped": True} for cfg in earlier if cfg is not None]
         published = _train_and_publish(
-            specs, finals, todo, device, checkpoint_every, verbose, graphs
+            specs, finals, todo, device, checkpoint_every, verbose, graphs, tensorboard
         )
     return [
         published[i] if i in published else {**(earlier[i] or {}), "skipped": True}
@@ -523,6 +607,7 @@ def _train_and_publish(
     checkpoint_every: int | None,
     verbose: bool,
     graphs: bool = False,
+    tensorboard: bool = False,
 ) -> dict[int, dict[str, Any]]:
     """Train the whole group, publish runs `todo` (indices into specs); the others are
     finished already and keep their folders."""
@@ -549,6 +634,9 @@ def _train_and_publish(
         progress=[partials[i] / res.PROGRESS if i in todo else None for i in range(len(specs))],
         verbose=verbose,
         graphs=graphs,
+        tensorboard=[partials[i] / TB_DIR if i in todo else None for i in range(len(specs))]
+        if tensorboard
+        else None,
     )
     wall = time.perf_counter() - t0
     state = method.generator_module().state_dict()
@@ -612,7 +700,9 @@ def _publish(
     config["environment"] = environment(device)
     config["dataset_info"] = get_dataset(spec.dataset).info()
     config["checkpoint_every"] = checkpoint_every
-    config["code"] = code_identity(spec.method, spec.params)
+    config["code"] = code_identity(spec.method, spec.params, "regularizers" in config)
+    if (partial / TB_DIR).is_dir():
+        config["tensorboard"] = TB_DIR  # the run's TensorBoard event files (not checked)
     res.write_csv_atomic(partial / "metrics.csv", pd.DataFrame(rows, columns=res.COLUMNS))
     buf = io.BytesIO()
     torch.save({k: v.detach().clone() for k, v in generator.items()}, buf)

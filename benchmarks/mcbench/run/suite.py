@@ -8,6 +8,10 @@ names left out of "all"), ``checkpoint_every`` (steps; default: at each evaluati
 overrides and ``replicas`` (most seeds trained together as vectorised replicas; default:
 all of a configuration's seeds; 1 trains one seed at a time) and ``protocol`` (the
 profile every run trains under: "common", the default, or a paper's, e.g. "pacgan").
+A ``[regularizers]`` table applies the harness's training options to every run
+(`mcbench.plugin.regularizers`: ``instance_noise``, ``noise_schedule``,
+``noise_steps``, ``lr_d``, ``lr_g``); ``tensorboard = true`` writes each run's curves
+for TensorBoard (`mcbench.run.tensorboard`).
 """
 
 from __future__ import annotations
@@ -33,16 +37,19 @@ from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError, did_you_mean
 from mcbench.plugin.protocol import check_profile, get_protocol
 from mcbench.plugin.registry import distinct_methods, methods, parse_selector, resolve
+from mcbench.plugin.regularizers import Regularizers
 from mcbench.run import store as res
 from mcbench.run.progress import log
 from mcbench.run.runner import (
     RunSpec,
+    check_regularizers,
     default_device,
     finished,
     groupable,
     run_group,
     why_redone,
 )
+from mcbench.run.tensorboard import check_available as check_tensorboard
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +68,8 @@ SUITE_KEYS = {
     "checkpoint_every",
     "replicas",
     "protocol",
+    "regularizers",
+    "tensorboard",
     *BUDGET_KEYS,
 }
 
@@ -72,6 +81,7 @@ class Suite:
     specs: list[RunSpec]
     checkpoint_every: int | None = None  # steps; None: at each evaluation
     replicas: int | None = None  # most seeds trained together; None: all of a run's seeds
+    tensorboard: bool = False  # write each run's curves for TensorBoard
 
 
 def suite_names() -> list[str]:
@@ -121,9 +131,15 @@ def _positive_int(where: str, key: str, value: Any) -> int:
 
 
 def load_suite(name_or_path: str, overrides: dict[str, Any] | None = None) -> Suite:
-    """Read and validate a suite file (with command-line overrides)."""
+    """Read and validate a suite file (with command-line overrides; a "regularizers"
+    override is merged into the suite's table, option by option)."""
     name, raw = _read(name_or_path)
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given = overrides.pop("regularizers", None)
+    raw.update(overrides)
+    if given:
+        table = raw.get("regularizers", {})
+        raw["regularizers"] = {**table, **given} if isinstance(table, dict) else table
     return build_suite(name, raw)
 
 
@@ -221,6 +237,12 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
     if not isinstance(protocol, str):
         raise McbenchError(f"{where}: protocol must be a profile name, got {protocol!r}")
     check_profile(protocol)
+    regularizers = Regularizers.from_options(
+        raw.get("regularizers", {}), f"{where}: [regularizers]"
+    )
+    tensorboard = raw.get("tensorboard", False)
+    if not isinstance(tensorboard, bool):
+        raise McbenchError(f"{where}: tensorboard must be true or false, got {tensorboard!r}")
     specs = []
     for dataset in datasets:
         check_dataset(dataset)
@@ -250,9 +272,11 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
                         budget["eval_samples"],
                         extra,
                         protocol,
+                        regularizers,
                     )
                 )
-    return Suite(name, raw.get("description", ""), specs, checkpoint_every, replicas)
+            check_regularizers(specs[-1])  # e.g. instance noise needs a critic
+    return Suite(name, raw.get("description", ""), specs, checkpoint_every, replicas, tensorboard)
 
 
 def _device_slot_dir() -> Path:
@@ -489,12 +513,14 @@ def run_specs(
     verbose: bool = False,
     replicas: int | None = 1,
     graphs: bool = False,
+    tensorboard: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every spec not finished yet: in this process, on `jobs` joblib processes, or
     on the Dask cluster at `scheduler`; rebuild results.csv as runs land. Seeds of one
     configuration train together as replicas, at most `replicas` a unit (see
     `group_runs`; 1: one run at a time). `graphs`: capture each update as a CUDA graph
-    on CUDA devices (mcbench.run.graphs).
+    on CUDA devices (mcbench.run.graphs). `tensorboard`: write each run's curves for
+    TensorBoard into its folder's tb/ (mcbench.run.tensorboard).
 
     Returns one outcome per run (finished earlier ones marked ``skipped``). A run that
     fails is recorded and the others go on; only this process writes results.csv.
@@ -503,6 +529,8 @@ def run_specs(
 
     if not scheduler:
         check_device(device)
+    if tensorboard:
+        check_tensorboard()
     results_dir = Path(results_dir).resolve()  # workers may start elsewhere
     client = _connect(scheduler) if scheduler else None  # fail before any work
     try:
@@ -517,6 +545,7 @@ def run_specs(
         "retry_failed": retry_failed,
         "verbose": verbose,
         "graphs": graphs,
+        "tensorboard": tensorboard,
     }
     args = (str(results_dir), device, threads, opts)
     if client is not None:
