@@ -296,3 +296,23 @@ def test_unroll_places_eps_as_asked():
             params, st = adam_step(params, grads, st, eps_inside=inside)
         for k, v in got.items():
             torch.testing.assert_close(v, params[k], **TIGHT)
+
+
+def test_authors_grid_runs_three_estimator_updates():
+    """The authors' grid command (-n_est 3): M = 15 on `grid` under per_dataset, from the
+    Problem's dataset name; the ring keeps M = 10; a run's own M wins."""
+    from mcbench.run.runner import RunSpec
+    from mcbench.run.runner import build as build_run
+
+    def built(dataset: str, params: dict) -> LBT:
+        spec = RunSpec("lbt", dataset, 0, 1, 1, 100, params=params, protocol="lbt")
+        return build_run(spec, torch.device("cpu"))[0]
+
+    grid = built("grid", {"preset": "authors-code"})
+    assert grid.problem.dataset == "grid" and grid.cfg.M == 15
+    assert built("ring", {"preset": "authors-code"}).cfg.M == 10
+    assert built("grid", {"preset": "authors-code", "M": 4}).cfg.M == 4
+    assert built("grid", {}).cfg.M == 10  # per_dataset off: the class default
+    cfg = LBT.make_config({"preset": "authors-code"})
+    assert LBT.for_family(cfg, "mixture2d", "grid").M == 15
+    assert LBT.for_family(cfg, "mixture2d", "grid-veegan").M == 10

@@ -86,6 +86,9 @@ class Problem:
     estimator_hidden: tuple[int, ...] = (128, 128)
     sample_real: Callable[[int], torch.Tensor] = field(repr=False, default=None)  # type: ignore[assignment]
     family: str = "mixture2d"
+    # The dataset's registry name (ring, grid, ...): for a method that follows its paper's
+    # code per dataset where one family holds several (LBT's grid settings). "": unknown.
+    dataset: str = ""
     # None: one seed, tensors (n, ...). R: R seeds trained together (mcbench.plugin.replicas),
     # `rng` a list of R generators, nets and tensors with a leading dimension R. Methods
     # never branch on it: the Method helpers do.

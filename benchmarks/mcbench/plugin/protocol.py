@@ -436,6 +436,7 @@ def make_problem(
         estimator_hidden=protocol.estimator_hidden or protocol.hidden,
         sample_real=sample_real,
         family=protocol.family,
+        dataset=dataset.name,
         replicas=replicas,
         capturable=capturable,
     )
