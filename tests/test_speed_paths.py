@@ -105,3 +105,18 @@ def test_foreach_eps_inside_adam_equals_the_loop_bit_for_bit():
         sa, sb = opt_a.state[pa], opt_b.state[pb]
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["step"], sb["step"])
         assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+
+
+def test_training_keeps_freed_memory_in_the_heap(monkeypatch):
+    """The runner sets glibc's thresholds once per process (mcbench.run.steady); where the
+    C library is not glibc it says False and training goes on."""
+    from mcbench.run import steady
+
+    assert steady.keep_freed_memory() in (True, False)
+    assert steady.keep_freed_memory.cache_info().currsize == 1  # once per process
+    monkeypatch.setattr(steady.ctypes.util, "find_library", lambda name: None)
+    steady.keep_freed_memory.cache_clear()
+    try:
+        assert steady.keep_freed_memory() is False
+    finally:
+        steady.keep_freed_memory.cache_clear()

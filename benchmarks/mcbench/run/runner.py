@@ -49,6 +49,7 @@ from mcbench.run.graphs import GRAPH_WARMUP, Stepper
 from mcbench.run.ledger import Ledger, Progress
 from mcbench.run.progress import Reporter, log, report_progress
 from mcbench.run.seeds import derive_seed, generator
+from mcbench.run.steady import keep_freed_memory
 from mcbench.run.tensorboard import TB_DIR, LiveView
 
 __all__ = [
@@ -322,6 +323,7 @@ def train_group(
     written as TensorBoard scalars (mcbench.run.tensorboard), flushed at each evaluation.
     """
     device = device or default_device()
+    keep_freed_memory()  # steady update times on a CPU (mcbench.run.steady); numbers unchanged
     spec = specs[0]
     # instance noise draws from streams a CUDA graph capture does not register yet
     noisy = spec.regularizers.noisy
