@@ -120,3 +120,25 @@ def test_training_keeps_freed_memory_in_the_heap(monkeypatch):
         assert steady.keep_freed_memory() is False
     finally:
         steady.keep_freed_memory.cache_clear()
+
+
+def test_protocol_adam_is_fused_on_cpu_and_matches_the_loop_to_rounding():
+    from mcbench.run.runner import RunSpec, build
+
+    m, _, _ = build(RunSpec("gan", "ring", 0, 1, 1, 1), torch.device("cpu"))
+    assert m.opt_g.defaults["fused"] and m.opt_d.defaults["fused"]
+    torch.manual_seed(0)
+    net = mlp(2, 1, (16, 16), "tanh")
+    nets = [net, copy.deepcopy(net)]
+    opts = [
+        torch.optim.Adam(nets[0].parameters(), lr=1e-3, betas=(0.5, 0.999), fused=True),
+        torch.optim.Adam(nets[1].parameters(), lr=1e-3, betas=(0.5, 0.999)),
+    ]
+    x = torch.randn(256, 2)
+    for _ in range(20):
+        for n, o in zip(nets, opts, strict=True):
+            o.zero_grad()
+            n(x).square().mean().backward()
+            o.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
