@@ -20,6 +20,8 @@ import math
 import os
 import sys
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,13 @@ from torch import nn
 
 from mcbench.datasets.images import cache_root
 from mcbench.datasets.mnist_source import MnistSource
+from mcbench.metrics.features import (
+    CLASSIFIER_KID_SUBSETS,
+    CLASSIFIER_REFERENCE,
+    FeatureReference,
+    reference_indices,
+)
+from mcbench.metrics.prdc import PRDC_METRICS
 
 CLASSIFIER_VERSION = 1
 PREDICT_CHUNK = 256  # small chunks stay in cache: 3x faster than 8192 on one CPU core
@@ -78,6 +87,14 @@ class MnistCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer (after its ReLU): the embedding FD, KID and PRDC use."""
+        return self.net[:-1](x)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from `features(x)`: forward(x) == head(features(x)), the same ops."""
+        return self.net[-1](h)
+
 
 class Classifier:
     """A trained MnistCNN with its metadata; `predict` maps images to digits."""
@@ -98,6 +115,21 @@ class Classifier:
             for s in range(0, n * c, PREDICT_CHUNK)
         ]
         return torch.cat(out).reshape(n, c).numpy().astype(np.int64)
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Digits (N, C) as `predict`, and in the same pass each image's penultimate
+        features, the C channels' concatenated: float32 (N, C * hidden) on the CPU."""
+        n, c = images.shape[:2]
+        device = next(self.net.parameters()).device
+        flat = images.reshape(n * c, 1, 28, 28)
+        digits, feats = [], []
+        for s in range(0, n * c, PREDICT_CHUNK):
+            h = self.net.features(flat[s : s + PREDICT_CHUNK].to(device, torch.float32))
+            digits.append(self.net.head(h).argmax(1).cpu())
+            feats.append(h.float().cpu())
+        d = torch.cat(digits).reshape(n, c).numpy().astype(np.int64)
+        return d, torch.cat(feats).reshape(n, -1)
 
 
 def _device() -> torch.device:
@@ -240,3 +272,35 @@ def cached_info(
         return "not trained yet (trained on first evaluation)"
     keep = ("source", "train_digits", "test_digits", "epochs", "test_accuracy", "train_time_s")
     return {**{k: clf.meta[k] for k in keep}, "cache": str(path)}
+
+
+# Real reference features per classifier (held while the classifier is), per dataset key.
+_REFERENCES: weakref.WeakKeyDictionary[Any, dict[str, FeatureReference]] = (
+    weakref.WeakKeyDictionary()
+)
+CLASSIFIER_REFERENCE_SEED = 2016
+
+
+def reference_images(images: torch.Tensor, seed: int = CLASSIFIER_REFERENCE_SEED) -> torch.Tensor:
+    """The real images of a dataset's feature reference: all of them up to
+    CLASSIFIER_REFERENCE, else a fixed-seed draw of that many."""
+    idx = reference_indices(len(images), CLASSIFIER_REFERENCE, seed)
+    return images[torch.from_numpy(idx)]
+
+
+def feature_metrics(
+    clf: Any, key: str, real_images: Callable[[], torch.Tensor], features: torch.Tensor
+) -> dict[str, float]:
+    """fd_classifier, kid_classifier and PRDC of generated images' classifier features
+    (`Classifier.embed`) against the real reference `real_images()` (float in [0, 1]),
+    whose features are computed once per classifier and `key`."""
+    refs = _REFERENCES.setdefault(clf, {})
+    if key not in refs:
+        real = clf.embed(real_images())[1]
+        refs[key] = FeatureReference(real, CLASSIFIER_KID_SUBSETS, device=_device())
+    m = refs[key](features)
+    return {
+        "fd_classifier": m["fd"],
+        "kid_classifier": m["kid"],
+        **{k: m[k] for k in PRDC_METRICS},
+    }

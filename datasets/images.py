@@ -6,7 +6,11 @@ Data folder: ``$MCBENCH_DATA`` (default ``~/mcbench-data``). Nothing is download
     $MCBENCH_DATA/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
     $MCBENCH_DATA/cifar-10-batches-py/data_batch_{1..5}      (CIFAR-10 python version)
     $MCBENCH_DATA/celeba/img_align_celeba/*.jpg               (aligned CelebA JPEGs)
-Decoded CelebA crops are cached under ``$MCBENCH_CACHE`` (default ~/.cache/mcbench).
+    $MCBENCH_DATA/inception/weights-inception-2015-12-05-6726825d.pth
+                                 (torch-fidelity's Inception v3, for FID/KID/IS; or
+                                  $MCBENCH_INCEPTION_WEIGHTS)
+Decoded CelebA crops and the real images' Inception features are cached under
+``$MCBENCH_CACHE`` (default ~/.cache/mcbench).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import torch
 
 from mcbench.datasets.base import Dataset
 from mcbench.errors import McbenchError
+from mcbench.metrics.inception import INCEPTION_METRICS, InceptionEvaluator, check_inception
+from mcbench.metrics.prdc import PRDC_METRICS
 
 GRID_FILE = "samples.png"
 
@@ -142,8 +148,8 @@ class ImageDataset(Dataset):
         return data[idx].float().div_(255.0)
 
     def evaluate(self, samples: np.ndarray | torch.Tensor) -> dict[str, float]:
-        """No sample-quality metric (FID needs an Inception net, unavailable offline):
-        the samples are validated and judged by their grid, as in the LBT paper."""
+        """No sample-quality metric by default: the samples are validated and judged by
+        their grid (MNIST-based sets and natural images override this)."""
         as_images(samples, self.shape)
         return {}
 
@@ -155,6 +161,43 @@ class ImageDataset(Dataset):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), **self._describe()}
+
+
+class NaturalImageDataset(ImageDataset):
+    """Natural images (CIFAR-10, CelebA) evaluated on Inception v3 features: FID, KID,
+    Inception Score and PRDC (mcbench.metrics.inception), with the network's weights
+    found locally. A run refuses to start (`check`) without torch-fidelity or the
+    weights, with a one-line error saying what to install or where to put the file."""
+
+    def __init__(self, *args: Any, extractor: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._extractor = extractor  # tests pass a small stand-in for the network
+        self._evaluator: InceptionEvaluator | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self._extractor is None:
+            check_inception(data_root())
+
+    def evaluator(self) -> InceptionEvaluator:
+        if self._evaluator is None:
+            self._evaluator = InceptionEvaluator(
+                self.name, self.images, data_root(), cache_root(), self._extractor
+            )
+        return self._evaluator
+
+    def evaluate(self, samples: np.ndarray | torch.Tensor) -> dict[str, float]:
+        return self.evaluator()(as_images(samples, self.shape))
+
+    def metrics(self) -> tuple[str, ...]:
+        return (*INCEPTION_METRICS, *PRDC_METRICS)
+
+
+INCEPTION_EVALUATION = (
+    "Inception v3 (torch-fidelity, local weights): FID, KID, Inception Score of the N "
+    "generated samples against 10,000 real images; precision, recall, density, coverage "
+    "on its pool features; sample grid"
+)
 
 
 # -- CIFAR-10 --------------------------------------------------------------------------
@@ -193,7 +236,7 @@ def load_cifar10(root: Path) -> torch.Tensor:
 def cifar10() -> ImageDataset:
     """CIFAR-10 training set (50,000 RGB 32x32), from a local copy."""
     root = data_root()
-    return ImageDataset(
+    return NaturalImageDataset(
         "cifar10",
         "cifar10",
         (3, 32, 32),
@@ -201,7 +244,7 @@ def cifar10() -> ImageDataset:
         lambda: {
             "source": f"local folder {root / CIFAR_DIR}",
             "layout": CIFAR_LAYOUT,
-            "evaluation": "none (sample grid only)",
+            "evaluation": INCEPTION_EVALUATION,
         },
         lambda: cifar10_files(root),
     )
@@ -257,7 +300,7 @@ def load_celeba(root: Path, cache: Path) -> torch.Tensor:
 def celeba() -> ImageDataset:
     """CelebA aligned faces, centre-cropped to 108x108 and resized to 64x64."""
     root, cache = data_root(), cache_root()
-    return ImageDataset(
+    return NaturalImageDataset(
         "celeba",
         "celeba",
         (3, 64, 64),
@@ -266,7 +309,7 @@ def celeba() -> ImageDataset:
             "source": f"local folder {root / CELEBA_DIR}",
             "layout": CELEBA_LAYOUT,
             "preprocessing": f"centre crop {CELEBA_CROP}x{CELEBA_CROP}, bicubic resize 64x64",
-            "evaluation": "none (sample grid only)",
+            "evaluation": INCEPTION_EVALUATION,
         },
         lambda: celeba_check(root),
     )

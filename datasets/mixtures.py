@@ -2,6 +2,10 @@
 
 Sampling is from the true distribution at every step (an infinite stream), as in the
 LBT authors' code; the harness seeds the stream.
+
+Besides the mixture metrics, evaluation computes precision, recall, density and
+coverage (Naeem et al. 2020) on the coordinates: the first min(N, 5,000) samples
+against as many real ones, drawn once per mixture from a fixed seed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ import numpy as np
 import torch
 
 from mcbench.datasets.base import Dataset
-from mcbench.metrics.mixtures import MIXTURE_METRICS, mixture_metrics
+from mcbench.metrics.mixtures import MIXTURE_METRICS, as_samples, mixture_metrics
+from mcbench.metrics.prdc import PRDC_METRICS, PRDC_SAMPLES, PRDC_SEED, PrdcReference
+
+# Real PRDC references per mixture (centres, std): drawn and their radii computed once
+# per process, whichever Dataset object asks.
+_PRDC_REFERENCES: dict[tuple[bytes, float], PrdcReference] = {}
 
 
 class GaussianMixture2D(Dataset):
@@ -47,11 +56,22 @@ class GaussianMixture2D(Dataset):
 
     def evaluate(self, samples: np.ndarray | torch.Tensor, **kwargs: Any) -> dict[str, float]:
         """Both mode-count rules (LBT's on all samples, VEEGAN/PacGAN's on the first
-        2,500) and the other mixture metrics: mcbench.metrics.mixtures."""
-        return mixture_metrics(samples, self.centers, self.std, **kwargs)
+        2,500) and the other mixture metrics: mcbench.metrics.mixtures; PRDC on the
+        first min(N, 5,000) samples: mcbench.metrics.prdc."""
+        metrics = mixture_metrics(samples, self.centers, self.std, **kwargs)
+        x = as_samples(samples[:PRDC_SAMPLES], 2)  # validated in full just above
+        return {**metrics, **self.prdc_reference()(x)}
+
+    def prdc_reference(self) -> PrdcReference:
+        """PRDC_SAMPLES real samples drawn with PRDC_SEED, with their k-NN radii."""
+        key = (self.centers.tobytes(), self.std)
+        if key not in _PRDC_REFERENCES:
+            g = torch.Generator().manual_seed(PRDC_SEED)
+            _PRDC_REFERENCES[key] = PrdcReference(self.sample(PRDC_SAMPLES, g, torch.device("cpu")))
+        return _PRDC_REFERENCES[key]
 
     def metrics(self) -> tuple[str, ...]:
-        return MIXTURE_METRICS
+        return (*MIXTURE_METRICS, *PRDC_METRICS)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -62,7 +82,8 @@ class GaussianMixture2D(Dataset):
             "evaluation": "mixture: high-quality share, modes covered (20% rule), intra-mode "
             "KL, reverse KL on all samples (LBT paper 5.1, PacGAN Table 1); modes with any "
             "high-quality sample, high-quality share and reverse KL on the first 2,500 "
-            "samples (VEEGAN/PacGAN rule)",
+            "samples (VEEGAN/PacGAN rule); precision, recall, density, coverage (k = 5) of "
+            "the first min(N, 5,000) samples against as many real ones (Naeem et al. 2020)",
         }
 
 

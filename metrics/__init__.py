@@ -16,6 +16,10 @@ from mcbench.metrics.registry import (
 )
 from mcbench.metrics.stacked import MODE_METRICS, MODE_SPECS, mode_metrics, stack_labels
 
+# isort: split
+# After the metrics above: reports order columns by declaration.
+from mcbench.metrics import features, inception, prdc  # noqa: F401 (declares their metrics)
+
 __all__ = [
     "MIXTURE_METRICS",
     "MIXTURE_SPECS",

@@ -287,6 +287,11 @@ def _small_sample_warning(n: int, modes: int | None, metrics: dict[str, float]) 
             f"the VEEGAN/PacGAN-rule metrics ({', '.join(rule)}) need "
             f"{VEEGAN_PACGAN_SAMPLES:,} and are NaN"
         )
+    from mcbench.metrics.prdc import PRDC_K, PRDC_METRICS
+
+    prdc = [k for k in PRDC_METRICS if k in metrics]
+    if prdc and n <= PRDC_K:
+        parts.append(f"PRDC ({', '.join(prdc)}) needs more than {PRDC_K} samples and is NaN")
     return f"only {n:,} samples: " + "; ".join(parts) if parts else None
 
 
