@@ -468,7 +468,8 @@ def two_methods(a: list[float], b: list[float], metric: str = "modes_covered") -
         ([0.9, 1.1, 1.0], [3.0, 2.5, 3.5], "modes_covered", "b"),
         ([8], [3, 4, 2], "modes_covered", None),  # one seed on one side: no test
         ([8, 8, 8], [8, 8, 8], "modes_covered", None),  # a tie: undefined, not rejected
-        ([8, 8, 8], [6, 6, 6], "modes_covered", "a"),  # constant and apart: t = inf
+        ([8, 8, 8], [6, 6, 6], "modes_covered", None),  # constant, apart: permutation p 1/20
+        ([8] * 5, [6] * 5, "modes_covered", "a"),  # 5 a side: 1/252
     ],
 )
 def test_bold_only_where_welch_rejects(a, b, metric, bold):
@@ -530,3 +531,14 @@ def test_all_nan_panel_against_time_is_drawn(tmp_path):
         rows, ["ring"], "mixture2d", "wall_time", tmp_path, False, figures._palette(["a", "b"])
     )
     assert f is not None and f.png.is_file()
+
+
+def test_constant_seed_values_need_enough_seeds_to_be_bold():
+    """A value shared by every seed (a replica group's step time) has no spread: the
+    exact permutation p-value decides, so 3 seeds a side never reach 0.05."""
+    three_a, three_b = np.full(3, 5.0), np.full(3, 7.0)
+    assert report.welch_p(three_a, three_b, "lower") == pytest.approx(1 / 20)
+    assert report.welch_p(three_b, three_a, "lower") == 1.0
+    assert report.welch_p(np.full(5, 5.0), np.full(5, 7.0), "lower") == pytest.approx(1 / 252)
+    assert math.isnan(report.welch_p(three_a, three_a.copy(), "lower"))
+    assert report.welch_p(np.array([5.0, 5.0, 5.0]), np.array([7.0, 7.5, 8.0]), "lower") < 0.05

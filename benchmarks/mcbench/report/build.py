@@ -361,12 +361,20 @@ def _t_quantile(n: pd.Series) -> np.ndarray:
 
 def welch_p(best: np.ndarray, other: np.ndarray, better: str) -> float:
     """One-sided p-value of Welch's t-test that `best` is better than `other` in the
-    direction `better`; NaN with fewer than 2 values on either side or an undefined
-    statistic (two identical constant sets). Two constant sets that differ give t = inf
-    and p = 0: the limit of ever smaller spread."""
+    direction `better`; NaN with fewer than 2 values on either side or two identical
+    constant sets. Two constant sets that differ (a replica group's shared step time, a
+    count every seed agrees on) have no spread for t to use (t = inf, p = 0 would bold a
+    single measurement copied per seed): there the p-value is the exact permutation
+    test's, 1 / C(n1 + n2, n1), the chance of so clean a split under no difference
+    (3 seeds a side: 0.05, not below the level; 5 a side: 0.004)."""
     if len(best) < 2 or len(other) < 2:
         return math.nan
-    with warnings.catch_warnings():  # constant samples: scipy warns, the result stands
+    if np.ptp(best) == 0 and np.ptp(other) == 0:
+        gap = best[0] - other[0] if better == "higher" else other[0] - best[0]
+        if gap == 0:
+            return math.nan
+        return 1.0 / math.comb(len(best) + len(other), len(best)) if gap > 0 else 1.0
+    with warnings.catch_warnings():  # one constant sample: scipy warns, the result stands
         warnings.simplefilter("ignore", RuntimeWarning)
         alternative = "greater" if better == "higher" else "less"
         result = ttest_ind(best, other, equal_var=False, alternative=alternative)
@@ -377,8 +385,9 @@ def significance_words() -> str:
     """How `best` is decided, for the captions of tables that bold it."""
     return (
         "bold: the best mean, only where it beats the runner-up across seeds by Welch's "
-        f"t-test (one-sided in the metric's direction, level {ALPHA:g}); nothing is bold "
-        "with fewer than 2 seeds on either side or where the test does not reject"
+        f"t-test (one-sided in the metric's direction, level {ALPHA:g}; where both sides "
+        "are constant over seeds, the exact permutation p-value 1/C(n1+n2, n1)); nothing "
+        "is bold with fewer than 2 seeds on either side or where the test does not reject"
     )
 
 
