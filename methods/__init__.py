@@ -1,4 +1,5 @@
-"""Method plugins: one file per method, one Method subclass per file.
+"""Method plugins: one file per method (a variant may share its file, e.g. mrgan.py holds
+`mrgan` and `mdgan`).
 
 Every module here (except names starting with ``_``) is imported by the registry and
 its named Method subclasses become available by name.
