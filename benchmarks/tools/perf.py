@@ -183,9 +183,8 @@ class BareGAN:
         self.centers = torch.as_tensor(ring.centers, dtype=torch.float32, device=device)
         self.std = ring.std
         self.G, self.D = net(p.latent_dim, 2), net(2, 1)
-        fused = device.type == "cpu"  # as Problem.adam: the same optimiser on both sides
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=p.lr_g, betas=p.betas, fused=fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=p.lr_d, betas=p.betas, fused=fused)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=p.lr_g, betas=p.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=p.lr_d, betas=p.betas)
 
     def step(self) -> tuple[torch.Tensor, torch.Tensor]:
         n, g, dev = self.n, self.gen, self.device
