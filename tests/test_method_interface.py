@@ -321,8 +321,14 @@ def test_unroll_depth_is_declared():
             assert hasattr(get_method(name).cls.make_config(), param), name
 
 
+# In-tree methods whose seeds cannot train together, each with its reason (in its module
+# docstring): AdaGAN's stage switch changes which nets an update touches, per seed.
+NOT_VECTORIZED = {"adagan"}
+
+
 def test_in_tree_methods_are_vectorized_and_written_with_the_helpers():
-    assert all(get_method(name).cls.vectorized for name in methods())
+    serial = {name for name in methods() if not get_method(name).cls.vectorized}
+    assert serial == NOT_VECTORIZED
     rules = re.compile(r"batch_dim|problem\.(mean|chunk|noise|clip_grad_norm_)|\.sum\(\)\.backward")
     for path in sorted(METHODS_DIR.rglob("*.py")):
         found = rules.search(path.read_text())
