@@ -71,7 +71,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
@@ -288,10 +289,22 @@ def gan_step_flops(latent: int, hidden: tuple[int, ...], data_dim: int, n: int) 
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """Matmul and convolution FLOPs of one call (forward and backward)."""
-    with FlopCounterMode(display=False) as counter:
+    """Matmul and convolution FLOPs of one call (forward and backward), counted at the
+    dispatcher. FlopCounterMode's module tracking cannot follow `autograd.grad` into a
+    leaf input (WGAN-GP's penalty on interpolates); the count does not need it."""
+    counts = [0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            flop = flop_registry.get(func._overloadpacket)
+            if flop is not None:
+                counts[0] += flop(*args, **(kwargs or {}), out_val=out)
+            return out
+
+    with Count():
         fn()
-    return int(counter.get_total_flops())
+    return int(counts[0])
 
 
 def matmul_peak(device: torch.device, size: int, reps: int) -> dict[str, Any]:
