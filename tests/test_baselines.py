@@ -6,38 +6,20 @@ import pytest
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from mcbench import testing
 from mcbench.errors import McbenchError
 from mcbench.methods.blocks.losses import d_loss, g_loss_minimax, g_loss_nonsaturating
-from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.methods.blocks.unroll import AdamState, unroll
 from mcbench.methods.gan_si import GANSI, sig_loss
 from mcbench.methods.pacgan import PacGAN, pack
 from mcbench.methods.unrolled_gan import UnrolledGAN
 from mcbench.methods.veegan import VEEGAN
-from mcbench.plugin.method import Problem
 from mcbench.plugin.registry import resolve
 
 
 def tiny_problem(data_shape=(2,), latent=3, hidden=(6,), batch=16, lr_d=0.05, seed=0):
     """A problem small enough for finite differences over every generator parameter."""
-    nets = MLPFamily(data_shape, hidden, "tanh")
-    torch.manual_seed(seed)
-    data_rng = torch.Generator().manual_seed(seed + 1)
-    return Problem(
-        data_shape=tuple(data_shape),
-        latent_dim=latent,
-        device=torch.device("cpu"),
-        rng=torch.Generator().manual_seed(seed + 2),
-        lr_g=1e-2,
-        lr_d=lr_d,
-        betas=(0.5, 0.999),
-        batch_size=batch,
-        generator=nets.generator,
-        critic=nets.critic,
-        encoder=nets.encoder,
-        mlp=nets.mlp,
-        sample_real=lambda n: torch.randn(n, *data_shape, generator=data_rng),
-    )
+    return testing.tiny_problem(data_shape, latent, hidden, batch, seed, lr_g=1e-2, lr_d=lr_d)
 
 
 def make(cls, problem, **overrides):

@@ -7,32 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mcbench import testing
 from mcbench.errors import McbenchError
-from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.methods.ebgan import EBGAN, margin_loss, pulling_away
 from mcbench.plugin.method import Problem
 from mcbench.plugin.protocol import MIXTURE2D
 
 
 def tiny_problem(data_shape=(2,), batch: int = 16, seed: int = 0) -> Problem:
-    nets = MLPFamily(data_shape, (6,), "tanh")
-    torch.manual_seed(seed)
-    data_rng = torch.Generator().manual_seed(seed + 1)
-    return Problem(
-        data_shape=tuple(data_shape),
-        latent_dim=3,
-        device=torch.device("cpu"),
-        rng=torch.Generator().manual_seed(seed + 2),
-        lr_g=1e-3,
-        lr_d=1e-3,
-        betas=(0.5, 0.999),
-        batch_size=batch,
-        generator=nets.generator,
-        critic=nets.critic,
-        encoder=nets.encoder,
-        mlp=nets.mlp,
-        sample_real=lambda n: torch.randn(n, *data_shape, generator=data_rng),
-    )
+    return testing.tiny_problem(data_shape, batch=batch, seed=seed)
 
 
 def make(data_shape=(2,), **overrides) -> EBGAN:

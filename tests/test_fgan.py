@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from mcbench import testing
 from mcbench.errors import McbenchError
 from mcbench.methods.blocks.divergences import DIVERGENCES, get_divergence
 from mcbench.methods.blocks.losses import d_loss, g_loss_minimax, g_loss_nonsaturating
-from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.methods.fgan import FGAN
 from mcbench.methods.gan import GAN
 from mcbench.plugin.method import Problem
@@ -163,24 +163,7 @@ def test_bound_is_tight_at_the_optimal_critic_and_below_elsewhere(name):
 
 
 def tiny_problem(seed: int = 0) -> Problem:
-    nets = MLPFamily((2,), (6,), "tanh")
-    torch.manual_seed(seed)
-    data_rng = torch.Generator().manual_seed(seed + 1)
-    return Problem(
-        data_shape=(2,),
-        latent_dim=3,
-        device=torch.device("cpu"),
-        rng=torch.Generator().manual_seed(seed + 2),
-        lr_g=1e-2,
-        lr_d=1e-2,
-        betas=(0.5, 0.999),
-        batch_size=16,
-        generator=nets.generator,
-        critic=nets.critic,
-        encoder=nets.encoder,
-        mlp=nets.mlp,
-        sample_real=lambda n: torch.randn(n, 2, generator=data_rng),
-    )
+    return testing.tiny_problem(seed=seed, lr_g=1e-2, lr_d=1e-2)
 
 
 def test_gan_divergence_trains_exactly_the_gan(float64):

@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 
+from mcbench import testing
 from mcbench.errors import McbenchError
 from mcbench.methods.blocks.kernels import mix_rbf_kernel, mmd2
-from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.methods.mmdgan import MMDGAN
-from mcbench.plugin.method import Problem
 from mcbench.plugin.registry import resolve
 
 SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -114,26 +113,10 @@ def test_kernel_is_the_sum_of_gaussians(float64):
 
 
 def tiny_problem(latent=3, hidden=(8,), batch=32, seed=0, lr=1e-3):
-    nets = MLPFamily((2,), hidden, "tanh")
-    torch.manual_seed(seed)
-    data_rng = torch.Generator().manual_seed(seed + 1)
-    return Problem(
-        data_shape=(2,),
-        latent_dim=latent,
-        device=torch.device("cpu"),
-        rng=torch.Generator().manual_seed(seed + 2),
-        lr_g=lr,
-        lr_d=lr,
-        betas=(0.5, 0.999),
-        batch_size=batch,
-        generator=nets.generator,
-        critic=nets.critic,
-        encoder=nets.encoder,
-        mlp=nets.mlp,
-        sample_real=lambda n: (
-            torch.tensor([2.0, 0.0]) + 0.3 * torch.randn(n, 2, generator=data_rng)
-        ),
-    )
+    def real(n, g):
+        return torch.tensor([2.0, 0.0]) + 0.3 * torch.randn(n, 2, generator=g)
+
+    return testing.tiny_problem((2,), latent, hidden, batch, seed, lr, lr, real=real)
 
 
 def make(problem, **overrides):

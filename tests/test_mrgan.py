@@ -9,35 +9,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from mcbench import testing
 from mcbench.errors import McbenchError
 from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
-from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.methods.gan import GAN
 from mcbench.methods.mrgan import MDGAN, MRGAN
-from mcbench.plugin.method import Problem
 from mcbench.plugin.registry import resolve
 
 
 def tiny_problem(latent=3, hidden=(6,), batch=16, seed=0):
     """Small enough for finite differences over every weight of G and E."""
-    nets = MLPFamily((2,), hidden, "tanh")
-    torch.manual_seed(seed)  # the nets' init
-    data_rng = torch.Generator().manual_seed(seed + 1)
-    return Problem(
-        data_shape=(2,),
-        latent_dim=latent,
-        device=torch.device("cpu"),
-        rng=torch.Generator().manual_seed(seed + 2),
-        lr_g=1e-2,
-        lr_d=1e-2,
-        betas=(0.5, 0.999),
-        batch_size=batch,
-        generator=nets.generator,
-        critic=nets.critic,
-        encoder=nets.encoder,
-        mlp=nets.mlp,
-        sample_real=lambda n: torch.randn(n, 2, generator=data_rng),
-    )
+    return testing.tiny_problem((2,), latent, hidden, batch, seed, lr_g=1e-2, lr_d=1e-2)
 
 
 def make(cls, problem, **overrides):

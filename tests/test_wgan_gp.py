@@ -10,31 +10,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from mcbench import testing
 from mcbench.errors import McbenchError
-from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.methods.wgan_gp import WGANGP
 from mcbench.plugin.method import Problem
 
 
 def tiny_problem(data_shape=(2,), seed: int = 0) -> Problem:
-    nets = MLPFamily(data_shape, (6,), "tanh")
-    torch.manual_seed(seed)
-    data_rng = torch.Generator().manual_seed(seed + 1)
-    return Problem(
-        data_shape=tuple(data_shape),
-        latent_dim=3,
-        device=torch.device("cpu"),
-        rng=torch.Generator().manual_seed(seed + 2),
-        lr_g=1e-3,
-        lr_d=1e-3,
-        betas=(0.5, 0.999),
-        batch_size=16,
-        generator=nets.generator,
-        critic=nets.critic,
-        encoder=nets.encoder,
-        mlp=nets.mlp,
-        sample_real=lambda n: torch.randn(n, *data_shape, generator=data_rng),
-    )
+    return testing.tiny_problem(data_shape, seed=seed)
 
 
 def make(data_shape=(2,), **overrides) -> WGANGP:

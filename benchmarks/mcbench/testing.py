@@ -44,7 +44,8 @@ from torch import nn
 
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
-from mcbench.plugin.method import Method, is_rng, rng_state
+from mcbench.methods.blocks.nets import MLPFamily
+from mcbench.plugin.method import Method, Problem, is_rng, rng_state
 from mcbench.plugin.registry import MethodEntry, methods, resolve
 from mcbench.run.runner import RunSpec, build, build_group, train
 
@@ -61,6 +62,7 @@ __all__ = [
     "check_replicas",
     "check_sample_shape",
     "is_vectorized",
+    "tiny_problem",
 ]
 
 # Check key -> its title in messages, in the order check_method runs them.
@@ -143,6 +145,41 @@ class ContractReport:
             lines.append(f"  skipped  {CHECKS[key]}: {why}")
         lines.append(f"  {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def tiny_problem(
+    data_shape: tuple[int, ...] = (2,),
+    latent: int = 3,
+    hidden: tuple[int, ...] = (6,),
+    batch: int = 16,
+    seed: int = 0,
+    lr_g: float = 1e-3,
+    lr_d: float = 1e-3,
+    real: Any = None,
+) -> Problem:
+    """A Problem small enough for a method's unit tests (finite differences over every
+    weight, closed forms): tanh MLPs of `hidden` widths, nets initialised under
+    `torch.manual_seed(seed)`, the method's stream seeded seed + 2, real data
+    `real(n, generator)` (default standard normal) from a stream seeded seed + 1."""
+    nets = MLPFamily(data_shape, hidden, "tanh")
+    torch.manual_seed(seed)
+    data_rng = torch.Generator().manual_seed(seed + 1)
+    draw = real or (lambda n, g: torch.randn(n, *data_shape, generator=g))
+    return Problem(
+        data_shape=tuple(data_shape),
+        latent_dim=latent,
+        device=torch.device("cpu"),
+        rng=torch.Generator().manual_seed(seed + 2),
+        lr_g=lr_g,
+        lr_d=lr_d,
+        betas=(0.5, 0.999),
+        batch_size=batch,
+        generator=nets.generator,
+        critic=nets.critic,
+        encoder=nets.encoder,
+        mlp=nets.mlp,
+        sample_real=lambda n: draw(n, data_rng),
+    )
 
 
 def is_vectorized(cls: type[Method]) -> bool:
