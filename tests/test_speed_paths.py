@@ -50,13 +50,13 @@ def test_fast_tanh_first_and_second_derivatives_are_tanh_s():
     torch.testing.assert_close(h, -2 * y * (1 - y * y))
 
 
-def test_protocol_tanh_layers_are_fast_and_still_tanh_layers():
-    net = mlp(2, 1, (8, 8), "tanh")
+def test_fast_tanh_layers_are_an_option_and_still_tanh_layers():
+    net = mlp(2, 1, (8, 8), "tanh-fast")
     acts = [m for m in net.modules() if isinstance(m, nn.Tanh)]
     assert len(acts) == 2 and all(isinstance(m, FastTanh) for m in acts)
-    exact = mlp(2, 1, (8, 8), "tanh-exact")
+    exact = mlp(2, 1, (8, 8), "tanh")  # the protocol's: torch's own
     assert not any(isinstance(m, FastTanh) for m in exact.modules())
-    assert ACTIVATIONS["tanh-exact"] is nn.Tanh
+    assert ACTIVATIONS["tanh"] is nn.Tanh
 
 
 def _loop_adam_eps_inside_(opt: torch.optim.Adam) -> None:
