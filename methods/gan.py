@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mcbench.methods.blocks.losses import check_simultaneous, d_loss, g_loss_nonsaturating
+from mcbench.methods.blocks.losses import (
+    check_simultaneous,
+    d_loss,
+    g_loss_nonsaturating,
+    simultaneous_update,
+)
 from mcbench.plugin.method import Method, Problem, positive
 
 
@@ -44,7 +49,7 @@ class GAN(Method):
     def step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         n = self.num_samples(real)
         if self.cfg.simultaneous:
-            return self.simultaneous_step(real, self.G(self.randn(n)))
+            return simultaneous_update(self, real, self.G(self.randn(n)))
         for _ in range(self.cfg.d_steps):
             fake = self.G(self.randn(n)).detach()
             loss_d = d_loss(self.D(real), self.D(fake))
@@ -52,15 +57,4 @@ class GAN(Method):
 
         loss_g = g_loss_nonsaturating(self.D(self.G(self.randn(n))))
         self.minimize(self.opt_g, loss_g)
-        return {"d": loss_d.detach(), "g": loss_g.detach()}
-
-    def simultaneous_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Both gradients at the current weights from one draw, then both steps."""
-        loss_g = g_loss_nonsaturating(self.D(fake))
-        grads_g = self.grad(loss_g, list(self.G.parameters()))  # before D changes
-        loss_d = d_loss(self.D(real), self.D(fake.detach()))
-        self.minimize(self.opt_d, loss_d)
-        for p, g in zip(self.G.parameters(), grads_g, strict=True):
-            p.grad = g
-        self.opt_g.step()
         return {"d": loss_d.detach(), "g": loss_g.detach()}

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from mcbench.errors import McbenchError
-from mcbench.methods.blocks.losses import check_simultaneous, d_loss, g_loss_nonsaturating
+from mcbench.methods.blocks.losses import (
+    check_simultaneous,
+    d_loss,
+    g_loss_nonsaturating,
+    simultaneous_update,
+)
 from mcbench.plugin.method import Method, Problem, positive
 
 if TYPE_CHECKING:
@@ -101,7 +106,7 @@ class PacGAN(Method):
             raise McbenchError(f"method 'pacgan': batch of {size} < m={m}")
         real_packs = self.pack(real)
         if self.cfg.simultaneous:
-            return self.simultaneous_step(real_packs, self.G(self.randn(n)))
+            return simultaneous_update(self, real_packs, self.G(self.randn(n)), self.pack)
         for _ in range(self.cfg.d_steps):
             fake = self.G(self.randn(n)).detach()
             loss_d = d_loss(self.D(real_packs), self.D(self.pack(fake)))
@@ -109,15 +114,4 @@ class PacGAN(Method):
 
         loss_g = g_loss_nonsaturating(self.D(self.pack(self.G(self.randn(n)))))
         self.minimize(self.opt_g, loss_g)
-        return {"d": loss_d.detach(), "g": loss_g.detach()}
-
-    def simultaneous_step(self, real_packs: torch.Tensor, fake: torch.Tensor) -> dict:
-        """Both gradients at the current weights from one draw, then both steps."""
-        loss_g = g_loss_nonsaturating(self.D(self.pack(fake)))
-        grads_g = self.grad(loss_g, list(self.G.parameters()))  # before D changes
-        loss_d = d_loss(self.D(real_packs), self.D(self.pack(fake.detach())))
-        self.minimize(self.opt_d, loss_d)
-        for p, g in zip(self.G.parameters(), grads_g, strict=True):
-            p.grad = g
-        self.opt_g.step()
         return {"d": loss_d.detach(), "g": loss_g.detach()}

@@ -6,6 +6,9 @@ giving one loss per replica (see mcbench.plugin.replicas).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +33,22 @@ def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
 def g_loss_minimax(fake_logits: torch.Tensor) -> torch.Tensor:
     """log(1 - D(G(z))), the saturating minimax loss (kept for completeness)."""
     return -sample_mean(F.softplus(fake_logits))
+
+
+def simultaneous_update(
+    method: Any, real: torch.Tensor, fake: torch.Tensor, view: Callable = lambda x: x
+) -> dict[str, torch.Tensor]:
+    """GAN and PacGAN's `simultaneous=true` update (PacGAN's code): both gradients at the
+    current weights from one draw `fake`, then both nets step. `view` is what D sees of
+    a batch of generated samples (PacGAN: its packs); `real` is already in that form."""
+    loss_g = g_loss_nonsaturating(method.D(view(fake)))
+    grads_g = method.grad(loss_g, list(method.G.parameters()))  # before D changes
+    loss_d = d_loss(method.D(real), method.D(view(fake.detach())))
+    method.minimize(method.opt_d, loss_d)
+    for p, g in zip(method.G.parameters(), grads_g, strict=True):
+        p.grad = g
+    method.opt_g.step()
+    return {"d": loss_d.detach(), "g": loss_g.detach()}
 
 
 def check_simultaneous(method: str, simultaneous: bool, d_steps: int) -> None:
