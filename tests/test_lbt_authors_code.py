@@ -316,3 +316,44 @@ def test_authors_grid_runs_three_estimator_updates():
     cfg = LBT.make_config({"preset": "authors-code"})
     assert LBT.for_family(cfg, "mixture2d", "grid").M == 15
     assert LBT.for_family(cfg, "mixture2d", "grid-veegan").M == 10
+
+
+@pytest.mark.parametrize("second", [False, True])
+@pytest.mark.parametrize("inside", [False, True])
+def test_foreach_adam_step_is_the_loop_bit_for_bit(second, inside):
+    """The unrolled Adam step runs as one `torch._foreach_*` call per operation for every
+    parameter; its new parameters and moments, and the gradients an outer loss sends back
+    through them to the parameters and the inner gradients, equal the per-parameter
+    loop's bit for bit (float32, both moment treatments, both eps placements)."""
+    from mcbench.methods.blocks import unroll as U
+
+    g = torch.Generator().manual_seed(0)
+    shapes = {"w": (5, 3), "b": (3,), "v": (2, 2, 2)}
+
+    def leaves():
+        return {k: torch.randn(s, generator=g).requires_grad_() for k, s in shapes.items()}
+
+    p, grads = leaves(), leaves()
+    state = AdamState(
+        3,
+        {k: torch.randn(s, generator=g) for k, s in shapes.items()},
+        {k: torch.rand(s, generator=g) for k, s in shapes.items()},
+        1e-3,
+        (0.5, 0.999),
+        1e-8,
+    )
+    outer = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    names = list(shapes)
+    results = []
+    for path in (U._adam_foreach, U._adam_loop):
+        args = ([p[n] for n in names], [grads[n] for n in names], state, names)
+        m, v, new = path(*args, 1 - 0.5**4, 1 - 0.999**4, second, inside)
+        loss = sum(
+            (x * outer[n]).sum() + (mi * outer[n]).sum()
+            for n, x, mi in zip(names, new, m, strict=True)
+        )
+        back = torch.autograd.grad(loss, [*p.values(), *grads.values()])
+        results.append([*m, *v, *new, *back])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    assert adam_step(p, grads, state, second, inside)[0]["w"].equal(results[0][2 * len(names)])

@@ -79,21 +79,66 @@ def adam_step(
     """
     b1, b2 = state.betas
     t = state.step + 1
-    new_p: Params = {}
-    new_m: Params = {}
-    new_v: Params = {}
     bc1 = 1 - b1**t
     bc2 = 1 - b2**t
-    for name, p in params.items():
-        g = grads[name]
-        m = b1 * state.exp_avg[name] + (1 - b1) * g
-        g2 = g if differentiate_second_moment else g.detach()
+    names = list(params)
+    p = [params[n] for n in names]
+    g = [grads[n] for n in names]
+    if isinstance(t, torch.Tensor):  # a capturable optimiser's device step: one by one
+        m, v, new = _adam_loop(
+            p, g, state, names, bc1, bc2, differentiate_second_moment, eps_inside
+        )
+    else:
+        m, v, new = _adam_foreach(
+            p, g, state, names, bc1, bc2, differentiate_second_moment, eps_inside
+        )
+    return (
+        dict(zip(names, new, strict=True)),
+        AdamState(
+            t,
+            dict(zip(names, m, strict=True)),
+            dict(zip(names, v, strict=True)),
+            state.lr,
+            state.betas,
+            state.eps,
+        ),
+    )
+
+
+def _adam_loop(p, g, state, names, bc1, bc2, second, eps_inside):
+    b1, b2 = state.betas
+    ms, vs, new = [], [], []
+    for name, pi, gi in zip(names, p, g, strict=True):
+        m = b1 * state.exp_avg[name] + (1 - b1) * gi
+        g2 = gi if second else gi.detach()
         v = b2 * state.exp_avg_sq[name] + (1 - b2) * g2 * g2
         denom = ((v + state.eps) / bc2).sqrt() if eps_inside else (v / bc2).sqrt() + state.eps
-        new_p[name] = p - state.lr * (m / bc1) / denom
-        new_m[name] = m
-        new_v[name] = v
-    return new_p, AdamState(t, new_m, new_v, state.lr, state.betas, state.eps)
+        new.append(pi - state.lr * (m / bc1) / denom)
+        ms.append(m)
+        vs.append(v)
+    return ms, vs, new
+
+
+def _adam_foreach(p, g, state, names, bc1, bc2, second, eps_inside):
+    """`_adam_loop`'s arithmetic, operation for operation in the same order (so bit for
+    bit its result and its gradients), as one differentiable `torch._foreach_*` call per
+    operation for all parameters: an unrolled step of a 14-tensor VAE is then about 12
+    dispatches and autograd nodes instead of about 170."""
+    b1, b2 = state.betas
+    m = torch._foreach_add(
+        torch._foreach_mul([state.exp_avg[n] for n in names], b1), torch._foreach_mul(g, 1 - b1)
+    )
+    g2 = g if second else [gi.detach() for gi in g]
+    v = torch._foreach_add(
+        torch._foreach_mul([state.exp_avg_sq[n] for n in names], b2),
+        torch._foreach_mul(torch._foreach_mul(g2, 1 - b2), g2),
+    )
+    if eps_inside:
+        denom = torch._foreach_sqrt(torch._foreach_div(torch._foreach_add(v, state.eps), bc2))
+    else:
+        denom = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(v, bc2)), state.eps)
+    step = torch._foreach_div(torch._foreach_mul(torch._foreach_div(m, bc1), state.lr), denom)
+    return m, v, torch._foreach_sub(p, step)
 
 
 @torch.no_grad()
