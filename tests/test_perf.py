@@ -415,3 +415,18 @@ def test_steady_interval_must_fit(capsys):
         perf.main(["--sections", "steady", "--steady-updates", "5", "--steady-interval", "10"]) == 2
     )
     assert "--steady-interval" in capsys.readouterr().err
+
+
+def test_python_m_mcbench_perf_runs_the_tool(tmp_path):
+    """`python -m mcbench.perf` (the name the README and issue 16 use) is the tool."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "mcbench.perf", "--sections", "nonsense", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert "unknown section(s) nonsense" in out.stderr
