@@ -112,6 +112,11 @@ def test_projection_arithmetic():
         perf.project_suite("smoke", {}, gen, 1000, diag, metric, 2000)
 
 
+def test_block_spread_is_the_largest_distance_from_the_median():
+    assert perf.block_spread([10.0, 12.0, 9.0, 10.0, 11.0]) == pytest.approx(0.2)
+    assert perf.block_spread([5.0]) == 0.0
+
+
 def test_matmul_peak_is_well_formed():
     out = perf.matmul_peak(CPU, 64, 2)
     assert len(out["flops_per_s"]) == 2
@@ -163,6 +168,8 @@ def test_whole_run_tiny(tmp_path):
     assert float(ratio[0]["value"]) == pytest.approx(res["sections"]["overhead"]["ratio_median"])
     fractions = {r["item"] for r in rows if r["metric"] == "peak_fraction"}
     assert fractions == {"gan", "lbt"}
+    spreads = {r["item"]: float(r["value"]) for r in rows if r["metric"] == "spread"}
+    assert spreads == {"gan": 0.0, "lbt": 0.0}  # one block each: no distance from itself
 
     md = (out / "perf.md").read_text()
     for heading in ("Harness overhead", "Matmul peak", "Metric evaluation", "Every method"):

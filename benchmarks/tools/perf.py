@@ -420,8 +420,15 @@ def measure_methods(
             "generate_s": median(gen[sel]),
             "generate_samples": eval_samples,
             "diagnostics_s": median(diag[sel]),
+            "spread": block_spread(per_step[sel]),
         }
     return out
+
+
+def block_spread(blocks: list[float]) -> float:
+    """The largest distance of a timed block from the blocks' median, over the median."""
+    mid = median(blocks)
+    return max(abs(b - mid) for b in blocks) / mid
 
 
 # -- 4a. steady: the issue-16 targets under a neighbour's load -----------------------------
@@ -1027,6 +1034,8 @@ def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
         for k, v in S["methods"].items():
             add("methods", k, "ms_per_update", 1000 * v["step_s_median"], "ms")
             add("methods", k, "updates_per_s", v["updates_per_s"], "1/s")
+            if "spread" in v:
+                add("methods", k, "spread", v["spread"], "ratio")
             add("methods", k, "flops_per_update", v["flops_per_update"], "FLOP")
             add("methods", k, "flops_per_s", v["flops_per_s"], "FLOP/s")
             if "peak_fraction" in v:
@@ -1146,16 +1155,18 @@ def markdown(res: dict[str, Any]) -> str:
             f"## Every method on {a['dataset']} ({a['threads']} thread(s))",
             "",
             f"Median of {a['method_reps']} blocks of {a['method_steps']} updates, round-robin "
-            f"over methods; generation of {first['generate_samples']:,} samples.",
+            f"over methods; generation of {first['generate_samples']:,} samples. Spread: the "
+            "largest distance of a block from the blocks' median, over that median.",
             "",
-            "| method | ms per update | updates/s | MFLOP per update | GFLOP/s | "
+            "| method | ms per update | spread | updates/s | MFLOP per update | GFLOP/s | "
             "fraction of peak | generate (s) |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for k, v in ms.items():
             frac = _fmt(v.get("peak_fraction", math.nan))
             out.append(
-                f"| {k} | {_fmt(1000 * v['step_s_median'])} | {_fmt(v['updates_per_s'])} | "
+                f"| {k} | {_fmt(1000 * v['step_s_median'])} | {v.get('spread', math.nan):.1%} | "
+                f"{_fmt(v['updates_per_s'])} | "
                 f"{v['flops_per_update'] / 1e6:.1f} | {v['flops_per_s'] / 1e9:.2f} | {frac} | "
                 f"{_fmt(v['generate_s'])} |"
             )
