@@ -16,7 +16,8 @@ Sections (each can be chosen with --sections):
               suite's and --extra-methods' selectors) on --dataset, blocks of updates
               round-robin over methods; FLOPs of one update counted with
               torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions), so
-              achieved FLOP/s as a fraction of the peak; and what one evaluation costs
+              achieved FLOP/s as a fraction of the peak, the spread of its blocks (largest
+              distance from their median, over it); and what one evaluation costs
               (generating --eval-samples samples and the method's diagnostics).
   replicas    one update of an R-replica group (mcbench.run.runner.build_group: R seeds
               trained together) against R updates of the single-seed run, for each
