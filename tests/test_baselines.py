@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from mcbench import testing
 from mcbench.errors import McbenchError
@@ -45,21 +45,9 @@ def autograd_grad(method, real, z):
 
 def finite_difference_grad(method, real, z, h=1e-6):
     """Central differences of the loss after K look-ahead steps, one G weight at a time."""
-    params = list(method.G.parameters())
-    phi = parameters_to_vector(params).detach().clone()
-    out = torch.empty_like(phi)
-    for i in range(phi.numel()):
-        values = []
-        for sign in (1, -1):
-            shifted = phi.clone()
-            shifted[i] += sign * h
-            with torch.no_grad():
-                vector_to_parameters(shifted, params)
-            values.append(float(method.generator_loss(real, method.G(z)).detach()))
-        out[i] = (values[0] - values[1]) / (2 * h)
-    with torch.no_grad():
-        vector_to_parameters(phi, params)
-    return out
+    return testing.finite_differences(
+        lambda: method.generator_loss(real, method.G(z)), list(method.G.parameters()), h
+    )
 
 
 @pytest.mark.parametrize("K", [1, 2])

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from mcbench import testing
 from mcbench.errors import McbenchError
@@ -24,24 +24,6 @@ def tiny_problem(latent=3, hidden=(6,), batch=16, seed=0):
 
 def make(cls, problem, **overrides):
     return cls(problem, cls.make_config(overrides))
-
-
-def finite_differences(fn, params, h=1e-6):
-    """Central differences of the scalar fn() in every entry of `params`."""
-    theta = parameters_to_vector(params).detach().clone()
-    out = torch.empty_like(theta)
-    for i in range(theta.numel()):
-        values = []
-        for sign in (1, -1):
-            shifted = theta.clone()
-            shifted[i] += sign * h
-            with torch.no_grad():
-                vector_to_parameters(shifted, params)
-                values.append(float(fn()))
-        out[i] = (values[0] - values[1]) / (2 * h)
-    with torch.no_grad():
-        vector_to_parameters(theta, params)
-    return out
 
 
 def grad(loss, params):
@@ -94,7 +76,7 @@ def test_geometric_gradient_matches_finite_differences(float64):
     real = p.sample_real(16)
     params = [*method.G.parameters(), *method.E.parameters()]
     exact = grad(method.geometric(real), params)
-    fd = finite_differences(lambda: method.geometric(real), params)
+    fd = testing.finite_differences(lambda: method.geometric(real), params)
     torch.testing.assert_close(exact, fd, rtol=1e-6, atol=1e-9)
     assert exact.abs().max() > 1e-3  # not a vacuous comparison
 
@@ -114,7 +96,9 @@ def test_encoder_descends_eq_2(float64):
         return 0.3 * dist - 0.7 * log_d
 
     exact = grad(method.generator_loss(real, z)[0], e_params)
-    torch.testing.assert_close(exact, finite_differences(t_e, e_params), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        exact, testing.finite_differences(t_e, e_params), rtol=1e-6, atol=1e-9
+    )
 
 
 def test_geometric_term_vanishes_where_g_inverts_e(float64):
@@ -240,7 +224,9 @@ def test_mdgan_manifold_gradient_matches_finite_differences(float64):
         )
 
     exact = grad(method.manifold_loss(real)[0], params)
-    torch.testing.assert_close(exact, finite_differences(loss, params), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        exact, testing.finite_differences(loss, params), rtol=1e-6, atol=1e-9
+    )
 
 
 def test_mdgan_diffusion_step_leaves_the_encoder_alone(float64):

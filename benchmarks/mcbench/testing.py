@@ -33,7 +33,7 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
@@ -180,6 +181,29 @@ def tiny_problem(
         mlp=nets.mlp,
         sample_real=lambda n: draw(n, data_rng),
     )
+
+
+def finite_differences(
+    fn: Callable[[], torch.Tensor], params: list[torch.Tensor], h: float = 1e-6
+) -> torch.Tensor:
+    """Central differences of the scalar `fn()` in every entry of `params` (in
+    `parameters_to_vector` order), the parameters restored afterwards: what a method's
+    gradient is tested against. `fn` runs with autograd on, so it may itself take
+    gradients (a gradient penalty does)."""
+    theta = parameters_to_vector(params).detach().clone()
+    out = torch.empty_like(theta)
+    for i in range(theta.numel()):
+        values = []
+        for sign in (1, -1):
+            shifted = theta.clone()
+            shifted[i] += sign * h
+            with torch.no_grad():
+                vector_to_parameters(shifted, params)
+            values.append(float(fn().detach()))
+        out[i] = (values[0] - values[1]) / (2 * h)
+    with torch.no_grad():
+        vector_to_parameters(theta, params)
+    return out
 
 
 def is_vectorized(cls: type[Method]) -> bool:
