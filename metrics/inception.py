@@ -43,6 +43,7 @@ from mcbench.errors import McbenchError
 from mcbench.metrics.features import FeatureReference, reference_indices
 from mcbench.metrics.prdc import PRDC_METRICS
 from mcbench.metrics.registry import MetricSpec, register_metric
+from mcbench.run.store import sha256_file
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_DIR = "inception"
@@ -146,14 +147,6 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class FidelityInception:
     """torch-fidelity's Inception v3 on local weights (an `Extractor`)."""
 
@@ -172,7 +165,7 @@ class FidelityInception:
                 f"cannot load Inception weights {weights}: {type(exc).__name__}: {why}"
             ) from None
         self.net = net.to(self.device).eval()
-        self.identity = f"torch-fidelity inception-v3-compat {_file_sha256(weights)[:16]}"
+        self.identity = f"torch-fidelity inception-v3-compat {sha256_file(weights)[:16]}"
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
