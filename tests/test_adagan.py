@@ -13,41 +13,22 @@ from torch import nn
 
 from mcbench.errors import McbenchError
 from mcbench.methods.adagan import AdaGAN, AdaGANConfig, data_weights, mixture_beta
-from mcbench.methods.blocks.nets import MLPFamily
 from mcbench.plugin.method import Problem
 from mcbench.plugin.protocol import PROTOCOLS
 from mcbench.plugin.registry import resolve
-from mcbench.testing import check_method
+from mcbench.testing import check_method, tiny_problem
 
 A, B = torch.tensor([-2.0, 0.0]), torch.tensor([2.0, 0.0])  # two well-separated clusters
 
 
 def two_clusters(seed: int = 0, batch: int = 128) -> Problem:
     """Half the data near A, half near B (std 0.1); nets of 32 units, a 2-d latent."""
-    torch.manual_seed(seed)
-    fam = MLPFamily((2,), (32, 32), "tanh")
-    rng = torch.Generator().manual_seed(seed)
-    data_rng = torch.Generator().manual_seed(seed + 1000)
 
-    def sample_real(n: int) -> torch.Tensor:
-        side = torch.rand(n, 1, generator=data_rng) < 0.5
-        return torch.where(side, A, B) + 0.1 * torch.randn(n, 2, generator=data_rng)
+    def real(n: int, g: torch.Generator) -> torch.Tensor:
+        side = torch.rand(n, 1, generator=g) < 0.5
+        return torch.where(side, A, B) + 0.1 * torch.randn(n, 2, generator=g)
 
-    return Problem(
-        data_shape=(2,),
-        latent_dim=2,
-        device=torch.device("cpu"),
-        rng=rng,
-        lr_g=1e-3,
-        lr_d=1e-3,
-        betas=(0.5, 0.999),
-        batch_size=batch,
-        generator=fam.generator,
-        critic=fam.critic,
-        encoder=fam.encoder,
-        mlp=fam.mlp,
-        sample_real=sample_real,
-    )
+    return tiny_problem((2,), 2, (32, 32), batch, seed, real=real)
 
 
 def fixed(center: torch.Tensor, scale: float) -> nn.Linear:
