@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from perf import block_spread, cpu_model, neighbour_load  # benchmarks/tools, beside this
+
 RING_ARGS = ["-dataset", "ring", "-mog_scale", "1.0", "-mog_std", "0.1"]  # their README
 OURS = "lbt[preset=authors-code]"
 INTERVAL = 20
@@ -99,11 +102,10 @@ def spread(per_update_ms: list[float], interval: int = INTERVAL) -> dict[str, An
         statistics.fmean(per_update_ms[i : i + interval])
         for i in range(0, len(per_update_ms) - interval + 1, interval)
     ]
-    mid = statistics.median(blocks)
     return {
         "median_ms": statistics.median(per_update_ms),
         "intervals_ms": blocks,
-        "spread": max(abs(b - mid) for b in blocks) / mid,
+        "spread": block_spread(blocks),
     }
 
 
@@ -250,11 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         check_inputs(args.authors_repo, args.tf_python)
-        import torch
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from perf import cpu_model, neighbour_load
-
         res: dict[str, Any] = {
             "cpu": cpu_model(),
             "torch": torch.__version__,

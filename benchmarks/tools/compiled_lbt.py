@@ -26,33 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from perf import count_flops, cpu_model, matmul_peak  # benchmarks/tools, beside this
 from torch.func import functional_call, grad
 
+from mcbench.methods.blocks.unroll import AdamState, adam_step
 from mcbench.run.runner import RunSpec, build
 
 SELECTOR = "lbt[preset=authors-code]"
 Params = dict[str, torch.Tensor]
-
-
-def _adam(p: Params, g: Params, m: Params, v: Params, t: torch.Tensor, lr: float,
-          betas: tuple[float, float], eps: float, inside: bool, detach_v: bool):  # fmt: skip
-    """One Adam step, pure: torch's (eps outside) or the LBT authors' (eps inside)."""
-    b1, b2 = betas
-    bc1, bc2 = 1 - b1**t, 1 - b2**t
-    new_p, new_m, new_v = {}, {}, {}
-    for k in p:
-        new_m[k] = b1 * m[k] + (1 - b1) * g[k]
-        gv = g[k].detach() if detach_v else g[k]
-        new_v[k] = b2 * v[k] + (1 - b2) * gv * gv
-        denom = ((new_v[k] + eps) / bc2).sqrt() if inside else (new_v[k] / bc2).sqrt() + eps
-        new_p[k] = p[k] - lr * (new_m[k] / bc1) / denom
-    return new_p, new_m, new_v
 
 
 def functional_update(method: Any):
@@ -72,18 +58,17 @@ def functional_update(method: Any):
         return -functional_call(E, pe, (x, e)).mean()
 
     def update(pG, pE, mE, vE, tE, mG, vG, tG, real, zM, eM, zK, eK):
+        # Adam as the harness's unroll takes it (`unroll.adam_step`; a tensor step count)
+        sE = AdamState(tE, mE, vE, lr_e, betas, eps_e)
         fakes = functional_call(G, pG, (zM,)).detach().chunk(M)
         for x, e in zip(fakes, eM.chunk(M), strict=True):  # 1. estimator steps
-            tE = tE + 1
-            pE, mE, vE = _adam(pE, grad(nelbo)(pE, x, e), mE, vE, tE, lr_e, betas, eps_e,
-                               True, True)  # fmt: skip
+            pE, sE = adam_step(pE, grad(nelbo)(pE, x, e), sE, eps_inside=True)
 
         def unrolled_real_loss(pg: Params) -> torch.Tensor:  # 2. the unroll
-            p, m, v, t = pE, mE, vE, tE
+            p, s = pE, AdamState(sE.step, sE.exp_avg, sE.exp_avg_sq, lr_u, betas, eps_e)
             eps = eK.chunk(K + 1)
             for x, e in zip(functional_call(G, pg, (zK,)).chunk(K), eps[:K], strict=True):
-                t = t + 1
-                p, m, v = _adam(p, grad(nelbo)(p, x, e), m, v, t, lr_u, betas, eps_e, True, True)
+                p, s = adam_step(p, grad(nelbo)(p, x, e), s, eps_inside=True)
             return nelbo(p, real, eps[K])
 
         gG = grad(unrolled_real_loss)(pG)  # 3. the generator step
@@ -93,10 +78,9 @@ def functional_update(method: Any):
             )
             scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
             gG = {k: x * scale for k, x in gG.items()}
-        tG = tG + 1
-        pG, mG, vG = _adam(pG, gG, mG, vG, tG, g_group["lr"], tuple(g_group["betas"]),
-                           g_group["eps"], False, False)  # fmt: skip
-        return pG, pE, mE, vE, tE, mG, vG, tG
+        sG = AdamState(tG, mG, vG, g_group["lr"], tuple(g_group["betas"]), g_group["eps"])
+        pG, sG = adam_step(pG, gG, sG)
+        return pG, pE, sE.exp_avg, sE.exp_avg_sq, sE.step, sG.exp_avg, sG.exp_avg_sq, sG.step
 
     return update
 
@@ -128,9 +112,6 @@ def draw_noise(method: Any, rng: torch.Generator) -> list[torch.Tensor]:
 
 
 def _peak(device: torch.device) -> float:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from perf import matmul_peak
-
     return matmul_peak(device, 2048, 5)["best"]
 
 
@@ -144,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from perf import count_flops, cpu_model
 
     harness, ds, data_rng = build(RunSpec(SELECTOR, "ring", 0, 1, 1, 1), device)
     update = functional_update(harness)

@@ -495,7 +495,7 @@ def measure_steady(
             out["methods"][sel] = {
                 "interval_ms_per_update": ms,
                 "ms_median": med,
-                "spread": max(abs(x - med) for x in ms) / med,
+                "spread": block_spread(ms),
                 "flops_per_update": flops,
                 "flops_per_s": flops / (med / 1e3),
             }
