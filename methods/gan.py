@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
+from mcbench.errors import McbenchError
+from mcbench.methods.blocks import functional as fn
 from mcbench.methods.blocks.losses import (
     check_simultaneous,
     d_loss,
     g_loss_nonsaturating,
     simultaneous_update,
 )
-from mcbench.plugin.method import Method, Problem, positive
+from mcbench.plugin.method import FunctionalUpdate, Method, Problem, positive
 
 
 @dataclass
@@ -58,3 +60,34 @@ class GAN(Method):
         loss_g = g_loss_nonsaturating(self.D(self.G(self.randn(n))))
         self.minimize(self.opt_g, loss_g)
         return {"d": loss_d.detach(), "g": loss_g.detach()}
+
+    def functional_update(self) -> FunctionalUpdate:
+        """`step` as one pure function, for `mcbench run --compile` (alternating updates
+        only); equal to `step` to rounding (tests/test_compiled.py)."""
+        if self.cfg.simultaneous:
+            raise McbenchError("method 'gan': --compile supports alternating updates only")
+        G, D, d_steps = self.G, self.D, self.cfg.d_steps
+        step_d, step_g = fn.adam(self.opt_d), fn.adam(self.opt_g)
+
+        def loss_d(p_d, real, fake):
+            return d_loss(fn.call(D, p_d, real), fn.call(D, p_d, fake))
+
+        def loss_g(p_g, p_d, z):
+            return g_loss_nonsaturating(fn.call(D, p_d, fn.call(G, p_g, z)))
+
+        grad_d = torch.func.grad(fn.with_value(loss_d), has_aux=True)
+        grad_g = torch.func.grad(fn.with_value(loss_g), has_aux=True)
+
+        def update(params, moments, real, noise):
+            p_g, p_d, s_d = params["G"], params["D"], moments["opt_d"]
+            for z in noise[:d_steps]:
+                g, d = grad_d(p_d, real, fn.call(G, p_g, z).detach())
+                p_d, s_d = step_d(p_d, g, s_d)
+            g, loss = grad_g(p_g, p_d, noise[d_steps])
+            p_g, s_g = step_g(p_g, g, moments["opt_g"])
+            return {"G": p_g, "D": p_d}, {"opt_g": s_g, "opt_d": s_d}, {"d": d, "g": loss}
+
+        def noise(n: int) -> list[torch.Tensor]:  # in the order `step` draws it
+            return [self.randn(n) for _ in range(d_steps + 1)]
+
+        return FunctionalUpdate(update, noise, {"opt_g": "G", "opt_d": "D"})

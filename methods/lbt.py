@@ -45,10 +45,11 @@ import torch
 from torch import nn
 
 from mcbench.errors import McbenchError
+from mcbench.methods.blocks import functional as fn
 from mcbench.methods.blocks.memory import memory_available, size_text
 from mcbench.methods.blocks.unroll import AdamState, adam_eps_inside_, unroll
 from mcbench.methods.blocks.vae import LIKELIHOODS, VAE
-from mcbench.plugin.method import Method, Problem, Rng, positive
+from mcbench.plugin.method import FunctionalUpdate, Method, Problem, Rng, positive
 from mcbench.plugin.replicas import StackedLinear
 
 if TYPE_CHECKING:
@@ -301,6 +302,62 @@ class LBT(Method):
             self.clip_grad_norm_(self.G.parameters(), self.cfg.clip_norm)
         self.opt_g.step()
         return {"elbo_fake": -loss_e, **logs}
+
+    def functional_update(self) -> FunctionalUpdate:
+        """`step` as one pure function of (weights, Adam moments, real batch, noise), for
+        `mcbench run --compile`: the same three phases, gradients by `torch.func.grad`
+        (nested through the unroll). Equal to `step` to rounding (tests/test_compiled.py,
+        in float64 to 1e-9)."""
+        cfg, G, E = self.cfg, self.G, self.E
+        M, K, inside = cfg.M, cfg.K, cfg.adam_eps_inside
+        if any(True for _ in itertools.chain(G.buffers(), E.buffers())):
+            raise McbenchError(f"method {self.name!r}: --compile supports nets without buffers")
+        fit = fn.adam(self.opt_e, eps_inside=inside)
+        unrolled = fn.adam(self.opt_e, eps_inside=inside, lr=self.unroll_lr)
+        step_g = fn.adam(self.opt_g)
+
+        def nelbo(pe: fn.Params, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+            return -self.mean(fn.call(E, pe, x, e))
+
+        grad_nelbo = torch.func.grad(fn.with_value(nelbo), has_aux=True)
+
+        def update(params, moments, real, noise):
+            z_fit, e_fit, z_unroll, e_unroll = noise
+            p_e, s_e = params["E"], moments["opt_e"]
+            # 1. M estimator Adam steps on generated samples, fresh noise each
+            fakes = self.split(fn.call(G, params["G"], z_fit).detach(), M)
+            for x, e in zip(fakes, self.split(e_fit, M), strict=True):
+                g, loss_e = grad_nelbo(p_e, x, e)
+                p_e, s_e = fit(p_e, g, s_e)
+            eps = self.split(e_unroll, K + 1)
+
+            # 2. K unrolled steps (second moment not differentiated), real-data -ELBO
+            def unrolled_real_loss(p_g: fn.Params) -> torch.Tensor:
+                p, s = p_e, s_e
+                for x, e in zip(self.split(fn.call(G, p_g, z_unroll), K), eps[:K], strict=True):
+                    p, s = unrolled(p, grad_nelbo(p, x, e)[0], s)
+                return nelbo(p, real, eps[K])
+
+            # 3. the generator step
+            g_g, loss = torch.func.grad(fn.with_value(unrolled_real_loss), has_aux=True)(
+                params["G"]
+            )
+            if cfg.clip_norm > 0:
+                g_g = fn.clip_global_norm(g_g, cfg.clip_norm, self._replicas)
+            p_g, s_g = step_g(params["G"], g_g, moments["opt_g"])
+            losses = {"elbo_fake": -loss_e, "elbo_real_unrolled": -loss}
+            return {"G": p_g, "E": p_e}, {"opt_g": s_g, "opt_e": s_e}, losses
+
+        def noise(n: int) -> list[torch.Tensor]:  # in the order `step` draws it
+            latent = E.latent_dim
+            return [
+                self.randn(M * n),
+                self.randn(M * n, latent),
+                self.randn(K * n),
+                self.randn(K * n + n, latent),
+            ]
+
+        return FunctionalUpdate(update, noise, {"opt_g": "G", "opt_e": "E"})
 
     @torch.no_grad()
     def sample(self, n: int, rng: Rng | None = None) -> torch.Tensor:

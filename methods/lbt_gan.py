@@ -33,7 +33,7 @@ import torch
 from mcbench.errors import McbenchError
 from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
 from mcbench.methods.lbt import AUTHORS_CODE, LBT, PAPER, LBTConfig
-from mcbench.plugin.method import Problem, positive
+from mcbench.plugin.method import Method, Problem, positive
 
 
 @dataclass
@@ -64,6 +64,7 @@ class LBTGAN(LBT):
     Config = LBTGANConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "authors-code": AUTHORS_CODE}
     defaults_from = "LBT authors' code (preset authors-code); lambda_G from paper section 5"
+    functional_update = Method.functional_update  # LBT's leaves out the discriminator
 
     def __init__(self, problem: Problem, cfg: LBTGANConfig) -> None:
         super().__init__(problem, cfg)

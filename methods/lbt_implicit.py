@@ -24,7 +24,7 @@ import torch
 
 from mcbench.errors import McbenchError
 from mcbench.methods.lbt import AUTHORS_CODE, LBT, PAPER, LBTConfig
-from mcbench.plugin.method import positive
+from mcbench.plugin.method import Method, positive
 from mcbench.plugin.replicas import per_replica, per_replica_sum
 
 Vec = list[torch.Tensor]
@@ -142,6 +142,7 @@ class LBTImplicit(LBT):
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "authors-code": AUTHORS_CODE}
     defaults_from = "LBT authors' code for the shared parts; solver settings: this harness"
     depth_param = None  # no unroll: the solver's `iterations` set the cost
+    functional_update = Method.functional_update  # LBT's unrolls; this one solves
 
     def dot(self, a: Vec, b: Vec) -> torch.Tensor:
         """Each seed's inner product of two parameter-shaped vectors (CG's step sizes)."""

@@ -25,6 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_list(args: argparse.Namespace) -> None:
     from mcbench.datasets import DATASETS, get_dataset
+    from mcbench.plugin.method import compilable
     from mcbench.plugin.registry import methods
     from mcbench.run.suite import suite_description, suite_names
 
@@ -37,6 +38,7 @@ def cmd_list(args: argparse.Namespace) -> None:
                 "overrides": e.overrides,
                 "origin": e.origin,
                 "presets": sorted(e.cls.presets),
+                "compile": compilable(e.cls),
             }
             for n, e in reg.items()
         },
@@ -60,7 +62,8 @@ def cmd_list(args: argparse.Namespace) -> None:
             else ""
         )
         presets = f"  presets: {', '.join(sorted(e.cls.presets))}" if e.cls.presets else ""
-        print(f"  {n:<14} {e.origin}{alias}{presets}")
+        compiles = "  --compile" if compilable(e.cls) else ""
+        print(f"  {n:<14} {e.origin}{alias}{presets}{compiles}")
     print("suites:")
     width = max(map(len, data["suites"]), default=0)
     for n, desc in data["suites"].items():
@@ -115,6 +118,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "methods": args.method,
             "protocol": args.protocol,
             "regularizers": regularizers,
+            "compile": True if args.compile else None,
         }
         suite = load_suite(args.suite, overrides)
         out = Path(args.out or f"results/{suite.name}")
@@ -130,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "eval_samples": args.eval_samples or 100_000,
             "protocol": args.protocol or "common",
             "regularizers": regularizers,
+            "compile": args.compile,
         }
         suite = build_suite("adhoc", raw)
         out = Path(args.out or "results/adhoc")
@@ -391,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on a CUDA device, replay each update as a captured CUDA graph (after a few "
         "eager updates; eager where capture fails; no effect on a CPU)",
+    )
+    s.add_argument(
+        "--compile",
+        action="store_true",
+        help="run each update as the method's functional update compiled whole by "
+        "torch.compile (methods `mcbench list` marks; equal to eager to rounding, a "
+        "configuration of its own; compiling takes minutes the first time, untimed)",
     )
     g = s.add_argument_group(
         "regularizers",

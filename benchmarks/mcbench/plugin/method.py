@@ -184,6 +184,31 @@ class _Checked(type):
         return method
 
 
+@dataclass(frozen=True)
+class FunctionalUpdate:
+    """A method's update as a pure function, for the harness to compile.
+
+    `update(params, moments, real, noise) -> (params, moments, losses)`: `params` maps
+    each net's attribute name (as `Method.modules()` names it) to its parameters by
+    name; `moments` maps each Adam's attribute name (`Method.optimizers()`) to
+    {"step": tensor, "exp_avg": params-like, "exp_avg_sq": params-like} over its net's
+    parameters; `losses` are what `step` returns. `noise(n)` draws the update's random
+    numbers from the method's streams in the order `step` draws them, so a compiled run
+    leaves every stream where the eager run would (checkpoints and resume unchanged).
+    `optimized` maps each optimiser to the net it steps.
+    """
+
+    update: Callable[..., tuple[dict, dict, dict[str, torch.Tensor]]]
+    noise: Callable[[int], list[torch.Tensor]]
+    optimized: dict[str, str]
+
+
+def compilable(cls: type) -> bool:
+    """Whether `--compile` can train the method class: it defines its own update as a
+    pure function (a subclass that changes `step` resets `functional_update`)."""
+    return getattr(cls, "functional_update", None) is not Method.functional_update
+
+
 class Method(metaclass=_Checked):
     """Base class of every method plugin.
 
@@ -240,6 +265,15 @@ class Method(metaclass=_Checked):
         out = g(self.randn(n, rng=rng))
         g.train(was_training)
         return out
+
+    def functional_update(self) -> FunctionalUpdate:
+        """This method's update as one pure function, which `mcbench run --compile`
+        compiles whole (mcbench.run.compiled); a method that defines it keeps `step` as
+        the reference the two are tested against. Default: none, refused here."""
+        raise McbenchError(
+            f"method {self.name!r} has no functional update, so it cannot run with "
+            "--compile (`mcbench list` marks the methods that can)"
+        )
 
     def diagnostics(self) -> dict[str, float | torch.Tensor]:
         """Extra curves recorded at each evaluation (e.g. LBT's ELBO on generated and

@@ -23,20 +23,12 @@ from typing import Any
 
 import torch
 
+from mcbench.run.compiled import CompiledStep
 from mcbench.run.progress import log
+from mcbench.run.seeds import generators
 
 Step = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 GRAPH_WARMUP = 3  # eager updates before a step is captured (optimiser states exist)
-
-
-def generators(method) -> list[torch.Generator]:
-    """Every torch.Generator a method draws from in `step`: the problem's streams and
-    any generator (or list of them) the method holds."""
-    found: list[torch.Generator] = []
-    for value in [method.problem.rng, *vars(method).values()]:
-        items = value if isinstance(value, list) else [value]
-        found += [g for g in items if isinstance(g, torch.Generator) and g not in found]
-    return found
 
 
 def side_stream_step(method) -> Step:
@@ -93,6 +85,10 @@ class Stepper:
     stream (`warm`), then the update is captured (`capture`) and replayed. Capture is an
     optimisation, never fatal: where it raises, training goes on eagerly and
     `execution` records why. Capture time is not counted as update time.
+    With `compiled`, every update runs the method's functional update compiled
+    (mcbench.run.compiled; `graphs` is then ignored): it changes numbers by rounding, so
+    it is part of a run's configuration, and a method without one is refused, not run
+    eagerly. Compile time is kept out of the update time and recorded in `execution`.
     """
 
     def __init__(
@@ -105,16 +101,24 @@ class Stepper:
         capture: Callable[[Any, torch.Tensor], Step | None] = capture_step,
         warm: Callable[[Any], Step] = side_stream_step,
         name: str = "",
+        compiled: bool = False,
     ) -> None:
         self.method, self.device, self.name = method, device, name
         self.execution = "graph" if graphs else "eager"
         self._update: Step = warm(method) if graphs else method.step
-        self._capture, self._graphs = capture, graphs
+        self._capture, self._graphs = capture, graphs and not compiled
         self._warmup, self._calls = warmup, 0
+        self._compiled: CompiledStep | None = None
+        if compiled:
+            self._compiled = CompiledStep(method)
+            self._update, self.execution = self._compiled, "compiled"
 
     def __call__(self, real: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
         if self._graphs and self._calls == self._warmup:
             self._capture_now(real)
+        if self._compiled is not None and self._calls == 0:
+            seconds = self._compiled.prepare(real)
+            self.execution = f"compiled (compiling took {seconds:.0f} s, not timed)"
         self._calls += 1
         t0 = time.perf_counter()
         losses = self._update(real)

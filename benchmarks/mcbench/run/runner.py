@@ -43,6 +43,7 @@ from mcbench.plugin.regularizers import Regularizers
 from mcbench.plugin.replicas import replica_state
 from mcbench.run import store as res
 from mcbench.run.checkpoint import Checkpointer
+from mcbench.run.compiled import check_compilable
 from mcbench.run.divergence import DivergenceWatch
 from mcbench.run.evaluation import EVAL_CHUNK, Evaluator, generate
 from mcbench.run.graphs import GRAPH_WARMUP, Stepper
@@ -58,6 +59,7 @@ __all__ = [
     "RunSpec",
     "build",
     "build_group",
+    "check_compiled",
     "check_regularizers",
     "code_identity",
     "cpu_model",
@@ -85,7 +87,9 @@ class RunSpec:
     """One run. `method` is a selector (``pacgan[m=3]``); `params` more overrides;
     `protocol` the profile it trains under (`mcbench.plugin.protocol.PROFILES`);
     `regularizers` the harness's training options (instance noise, TTUR rates;
-    `mcbench.plugin.regularizers`), none by default."""
+    `mcbench.plugin.regularizers`), none by default. `compiled`: the update runs as the
+    method's functional update compiled by torch.compile (mcbench.run.compiled), equal
+    to the eager update to rounding only, so it is part of the configuration."""
 
     method: str
     dataset: str
@@ -96,11 +100,12 @@ class RunSpec:
     params: dict[str, Any] = field(default_factory=dict)
     protocol: str = "common"
     regularizers: Regularizers = field(default_factory=Regularizers)
+    compiled: bool = False
 
     def resolved(self) -> dict[str, Any]:
         """The full configuration that determines the numbers (hashed for the key).
-        "regularizers" appears only where one is set, so runs without any keep the
-        keys they had before regularizers existed."""
+        "regularizers" appears only where one is set, and "compiled" only for a
+        compiled run, so other runs keep the keys they had before either existed."""
         entry, cfg = resolve(self.method, self.params)
         ds = get_dataset(self.dataset)
         proto = get_protocol(ds.family, self.protocol, self.dataset)
@@ -120,6 +125,8 @@ class RunSpec:
         record = self.regularizers.record(self.steps, proto.lr_d, proto.lr_g)
         if record:
             out["regularizers"] = record
+        if self.compiled:
+            out["compiled"] = True
         return out
 
     def key(self) -> str:
@@ -234,6 +241,7 @@ def spec_of(config: dict[str, Any]) -> RunSpec:
         config.get("params", {}),
         config.get("protocol", {}).get("name", "common"),
         Regularizers.from_options(config.get("regularizers") or {}, "config.json regularizers"),
+        bool(config.get("compiled", False)),
     )
 
 
@@ -259,6 +267,21 @@ def check_regularizers(spec: RunSpec) -> None:
         return
     with _global_streams_kept():
         build(spec, torch.device("cpu"))
+
+
+def check_compiled(spec: RunSpec) -> None:
+    """Refuse, before any work, a compiled run its method cannot take: a method without
+    a functional update, instance noise (drawn inside the critic, which the functional
+    update does not see), or options its functional update refuses (building the method
+    once on the CPU; the caller's global streams are left as they were)."""
+    if not spec.compiled:
+        return
+    entry, _ = resolve(spec.method, spec.params)
+    check_compilable(entry.cls, spec.method)
+    if spec.regularizers.noisy:
+        raise McbenchError(f"method {spec.method!r}: --compile does not take instance noise")
+    with _global_streams_kept():
+        build(spec, torch.device("cpu"))[0].functional_update()
 
 
 def load_method(run_dir: Path, device: torch.device | None = None) -> Any:
@@ -334,7 +357,7 @@ def train_group(
     ledger = Ledger(specs, prog, on_record=None if view is None else view.record)
     watch = DivergenceWatch(len(specs), device)
     evaluate = Evaluator(method, ds, spec.eval_samples, device)
-    update = Stepper(method, device, capture, name=spec.run_name())
+    update = Stepper(method, device, capture, name=spec.run_name(), compiled=spec.compiled)
     if graphs and noisy and device.type == "cuda":
         update.execution = "eager (instance noise is not captured as a CUDA graph)"
     report = Reporter(specs, progress, verbose, checkpoint)

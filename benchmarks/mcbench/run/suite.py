@@ -11,7 +11,8 @@ profile every run trains under: "common", the default, or a paper's, e.g. "pacga
 A ``[regularizers]`` table applies the harness's training options to every run
 (`mcbench.plugin.regularizers`: ``instance_noise``, ``noise_schedule``,
 ``noise_steps``, ``lr_d``, ``lr_g``); ``tensorboard = true`` writes each run's curves
-for TensorBoard (`mcbench.run.tensorboard`).
+for TensorBoard (`mcbench.run.tensorboard`); ``compile = true`` runs every update as the
+method's functional update compiled whole (`mcbench.run.compiled`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from mcbench.run import store as res
 from mcbench.run.progress import log
 from mcbench.run.runner import (
     RunSpec,
+    check_compiled,
     check_regularizers,
     default_device,
     finished,
@@ -70,6 +72,7 @@ SUITE_KEYS = {
     "protocol",
     "regularizers",
     "tensorboard",
+    "compile",
     *BUDGET_KEYS,
 }
 
@@ -243,6 +246,9 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
     tensorboard = raw.get("tensorboard", False)
     if not isinstance(tensorboard, bool):
         raise McbenchError(f"{where}: tensorboard must be true or false, got {tensorboard!r}")
+    compiled = raw.get("compile", False)
+    if not isinstance(compiled, bool):
+        raise McbenchError(f"{where}: compile must be true or false, got {compiled!r}")
     specs = []
     for dataset in datasets:
         check_dataset(dataset)
@@ -273,9 +279,11 @@ def build_suite(name: str, raw: dict[str, Any]) -> Suite:
                         extra,
                         protocol,
                         regularizers,
+                        compiled,
                     )
                 )
             check_regularizers(specs[-1])  # e.g. instance noise needs a critic
+            check_compiled(specs[-1])  # e.g. a method without a functional update
     return Suite(name, raw.get("description", ""), specs, checkpoint_every, replicas, tensorboard)
 
 

@@ -1,0 +1,131 @@
+"""`mcbench run --compile`: a method's update compiled whole by torch.compile.
+
+A method that defines `functional_update` (mcbench.plugin.method.FunctionalUpdate)
+writes its update as one pure function of (weights, Adam moments, real batch, noise).
+Each update here reads the live nets' weights and the live optimisers' moments, draws
+the noise from the method's own streams in `step`'s order, calls the compiled function
+and copies the results back in place. So everything outside the update (evaluation,
+diagnostics, checkpoints, resume, replicas) sees the same nets, optimisers and streams
+as in an eager run, and a compiled run differs from the eager one only by the rounding
+of reordered float arithmetic. Compilation happens on the first update (minutes for
+LBT on one CPU core the first time, then seconds from TorchInductor's cache) and is
+not counted as update time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_map
+
+from mcbench.errors import McbenchError
+from mcbench.plugin.method import compilable
+from mcbench.run.seeds import generators
+
+BACKEND = "inductor"  # tests set another torch.compile backend (or None: no compiling)
+
+
+def check_compilable(cls: type, name: str) -> None:
+    """Refuse `--compile` for a method class without a functional update, at planning."""
+    if not compilable(cls):
+        raise McbenchError(
+            f"method {name!r} has no functional update, so it cannot run with --compile "
+            "(`mcbench list` marks the methods that can)"
+        )
+
+
+def _init_state(opt: torch.optim.Optimizer) -> None:
+    """Create Adam's state as torch.optim.Adam does on its first step (zero moments, a
+    zero step count), so the first compiled update already has tensors to read."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state[p]
+            if not st:
+                dev = p.device if group.get("capturable") else torch.device("cpu")
+                scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else None
+                st["step"] = torch.zeros((), dtype=scalar or torch.float32, device=dev)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+class CompiledStep:
+    """`step(real) -> losses` running `method.functional_update()` compiled."""
+
+    def __init__(self, method: Any, backend: str | None = None) -> None:
+        self.method = method
+        fu = method.functional_update()  # McbenchError where the method has none
+        self.noise = fu.noise
+        nets, opts = method.modules(), method.optimizers()
+        self.params = {k: dict(nets[k].named_parameters()) for k in fu.optimized.values()}
+        self.moments: dict[str, tuple[dict, dict, list[torch.Tensor]]] = {}
+        for opt_name, net in fu.optimized.items():
+            opt = opts[opt_name]
+            _init_state(opt)
+            named = self.params[net]
+            if {id(p) for g in opt.param_groups for p in g["params"]} != {
+                id(p) for p in named.values()
+            }:
+                raise McbenchError(
+                    f"method {method.name!r}: optimiser {opt_name!r} does not step exactly "
+                    f"the parameters of {net!r}, which --compile needs"
+                )
+            states = {k: opt.state[p] for k, p in named.items()}
+            self.moments[opt_name] = (
+                {k: st["exp_avg"] for k, st in states.items()},
+                {k: st["exp_avg_sq"] for k, st in states.items()},
+                [st["step"] for st in states.values()],
+            )
+        backend = BACKEND if backend is None else backend
+        self.fn: Callable = fu.update
+        if backend != "none":
+            self.fn = torch.compile(fu.update, backend=backend, fullgraph=True, dynamic=False)
+
+    def _inputs(self) -> tuple[dict, dict]:
+        params = {k: {n: p.detach() for n, p in v.items()} for k, v in self.params.items()}
+        moments = {
+            k: {"step": steps[0], "exp_avg": m, "exp_avg_sq": v}
+            for k, (m, v, steps) in self.moments.items()
+        }
+        return params, moments
+
+    @torch.no_grad()
+    def _write_back(self, params: dict, moments: dict) -> None:
+        live: list[torch.Tensor] = []
+        new: list[torch.Tensor] = []
+        for k, v in self.params.items():
+            live += [p.detach() for p in v.values()]
+            new += [params[k][n] for n in v]
+        for k, (m, v, steps) in self.moments.items():
+            live += [*m.values(), *v.values()]
+            new += [moments[k]["exp_avg"][n] for n in m] + [moments[k]["exp_avg_sq"][n] for n in v]
+            step = moments[k]["step"]
+            for s in steps:
+                s.copy_(step)
+        torch._foreach_copy_(live, new)
+
+    def prepare(self, real: torch.Tensor) -> float:
+        """Compile now, on copies of the state and noise drawn with every stream put
+        back afterwards (training is untouched); returns the seconds it took, which the
+        harness keeps out of the update time."""
+        t0 = time.perf_counter()
+        gens = generators(self.method)
+        saved = [g.get_state() for g in gens]
+        noise = self.noise(self.method.num_samples(real))
+        for g, st in zip(gens, saved, strict=True):
+            g.set_state(st)
+        params, moments = self._inputs()
+        params, moments = tree_map(lambda t: t.clone(), (params, moments))
+        with torch.enable_grad():
+            self.fn(params, moments, real.clone(), noise)
+        return time.perf_counter() - t0
+
+    def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
+        noise = self.noise(self.method.num_samples(real))
+        params, moments = self._inputs()
+        with torch.enable_grad():  # torch.func.grad needs it; the harness may not
+            params, moments, losses = self.fn(params, moments, real, noise)
+        self._write_back(params, moments)
+        return losses

@@ -1,0 +1,128 @@
+"""`--compile`: a method's functional update is its `step` (to rounding), the harness
+writes its results back into the live nets, optimisers and streams, and refuses what it
+cannot compile. torch.compile itself is exercised with the "eager" backend (dynamo's
+trace of the whole function, fullgraph, without TorchInductor's minutes of C++ codegen);
+`benchmarks/tools/perf.py --compile` times the real thing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcbench.errors import McbenchError
+from mcbench.plugin.method import compilable
+from mcbench.plugin.registry import methods
+from mcbench.run import compiled
+from mcbench.run.compiled import CompiledStep
+from mcbench.run.runner import RunSpec, build, build_group, check_compiled, train
+from mcbench.run.seeds import generators
+
+CPU = torch.device("cpu")
+SELECTORS = ["gan", "gan[d_steps=2]", "lbt", "lbt[preset=authors-code]", "lbt[clip_norm=0]"]
+
+
+def _state(m) -> list[torch.Tensor]:
+    out = [p.detach() for net in m.modules().values() for p in net.parameters()]
+    for opt in m.optimizers().values():
+        for st in opt.state.values():
+            out += [st["exp_avg"], st["exp_avg_sq"], st["step"].double().reshape(1)]
+    return out
+
+
+def _two(selector: str, seeds: list[int]):
+    specs = [RunSpec(selector, "ring", s, 1, 1, 1) for s in seeds]
+    make = (lambda: build(specs[0], CPU)) if len(seeds) == 1 else (lambda: build_group(specs, CPU))
+    return make(), make()
+
+
+@pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["one seed", "two replicas"])
+@pytest.mark.parametrize("selector", SELECTORS)
+def test_functional_update_is_step(selector, seeds, float64):
+    """In float64, so Adam's normalisation of near-zero gradients cannot magnify the
+    rounding of two orderings of the same arithmetic into a visible difference."""
+    (eager, ds, rng_a), (func, _, _) = _two(selector, seeds)
+    step = CompiledStep(func, backend="none")
+    n = eager.problem.batch_size
+    for _ in range(2):
+        if len(seeds) == 1:
+            real = ds.sample(n, rng_a, CPU)
+        else:
+            real = torch.stack([ds.sample(n, g, CPU) for g in rng_a])
+        want = eager.step(real)
+        got = step(real)
+        assert set(got) == set(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12)
+    for a, b in zip(_state(func), _state(eager), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    for a, b in zip(generators(func), generators(eager), strict=True):  # same draws
+        assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_compiles_whole_and_writes_back():
+    """dynamo traces the whole LBT update in one graph (fullgraph: a graph break would
+    raise), the first call compiles on copies, and the update changes the live nets."""
+    m, ds, rng = build(RunSpec("lbt", "ring", 0, 1, 1, 1), CPU)
+    step = CompiledStep(m, backend="eager")
+    real = ds.sample(m.problem.batch_size, rng, CPU)
+    before = [t.clone() for t in _state(m)]
+    streams = [g.get_state() for g in generators(m)]
+    step.prepare(real)
+    assert all(torch.equal(a, b) for a, b in zip(_state(m), before, strict=True))
+    assert all(torch.equal(g.get_state(), s) for g, s in zip(generators(m), streams, strict=True))
+    losses = step(real)
+    assert set(losses) == {"elbo_fake", "elbo_real_unrolled"}
+    assert not torch.equal(next(m.G.parameters()).detach(), before[0])
+    assert int(m.opt_e.state[next(m.E.parameters())]["step"]) == m.cfg.M
+
+
+def test_compiled_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    monkeypatch.setattr(compiled, "BACKEND", "none")  # the write-back and streams, fast
+    spec = RunSpec("gan", "ring", 0, 6, 3, 500, compiled=True)
+    whole, _, _ = train(spec, CPU)
+    ck = tmp_path / "ck"
+    train(RunSpec("gan", "ring", 0, 3, 3, 500, compiled=True), CPU, checkpoint=ck)
+    resumed, _, status = train(spec, CPU, checkpoint=ck)
+    assert status["execution"].startswith("compiled")
+
+    def numbers(rows):
+        return [(r["step"], r["metric"], r["value"]) for r in rows if r["metric"] != "step_time_ms"]
+
+    assert numbers(resumed) == numbers(whole)
+    assert any(m == "modes_covered" for _, m, _ in numbers(whole))
+
+
+def test_configuration_of_its_own():
+    eager, comp = (
+        RunSpec("gan", "ring", 0, 5, 5, 5),
+        RunSpec("gan", "ring", 0, 5, 5, 5, compiled=True),
+    )
+    assert "compiled" not in eager.resolved()  # eager runs keep their keys
+    assert comp.resolved()["compiled"] is True
+    assert comp.key() != eager.key()
+
+
+def test_refusals():
+    assert {n for n, e in methods().items() if compilable(e.cls)} >= {"gan", "lbt"}
+    assert not compilable(methods()["lbt-gan"].cls)  # LBT's function leaves out D
+    with pytest.raises(McbenchError, match="no functional update"):
+        check_compiled(RunSpec("pacgan", "ring", 0, 5, 5, 5, compiled=True))
+    with pytest.raises(McbenchError, match="alternating"):
+        check_compiled(RunSpec("gan[simultaneous=true]", "ring", 0, 5, 5, 5, compiled=True))
+    m, _, _ = build(RunSpec("veegan", "ring", 0, 5, 5, 5), CPU)
+    with pytest.raises(McbenchError, match="no functional update"):
+        CompiledStep(m)
+
+
+def test_a_finished_compiled_run_is_found_again(tmp_path, monkeypatch):
+    """The published config.json reads back as the compiled spec (same key), so a rerun
+    skips it, while the eager run of the same configuration is a different run."""
+    from mcbench.run.runner import run, spec_of
+    from mcbench.run.store import read_config
+
+    monkeypatch.setattr(compiled, "BACKEND", "none")
+    spec = RunSpec("gan", "ring", 0, 2, 2, 500, compiled=True)
+    run(spec, tmp_path)
+    config = read_config(tmp_path / "runs" / spec.run_name())
+    assert config["compiled"] is True and config["execution"].startswith("compiled")
+    assert spec_of(config) == spec
