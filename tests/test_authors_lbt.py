@@ -44,3 +44,9 @@ def test_refuses_in_one_line_without_a_tensorflow_python(tmp_path, capsys):
     assert authors_lbt.main(args) == 2
     assert "cannot run --tf-python" in capsys.readouterr().out
     assert not (tmp_path / "authors_lbt.md").exists()
+
+
+def test_our_worker_times_the_harness_update():
+    """Our side runs in its own pinned process through the harness's Stepper."""
+    ms = authors_lbt.run_ours("lbt[preset=authors-code]", 2, 0, None)
+    assert len(ms) == 2 and all(x > 0 for x in ms)

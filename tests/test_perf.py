@@ -127,8 +127,10 @@ def test_bad_options_fail_with_one_line(capsys):
     assert perf.main(["--sections", "overhead,nope"]) == 2
     assert perf.main(["--overhead-steps", "0"]) == 2
     assert perf.main(["--methods", "no-such-method", "--sections", "methods"]) == 2
+    assert perf.main(["--steady-methods", "pacgan --compile", "--sections", "steady"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3
+    assert len(err) == 4
+    assert "no functional update" in err[-1]
     assert all(line.startswith("perf: error:") for line in err)
 
 
@@ -388,11 +390,16 @@ def test_replica_and_graph_options_fail_with_one_line(capsys):
     assert len(err) == 4 and all(line.startswith("perf: error:") for line in err)
 
 
-def test_steady_section_tiny(tmp_path):
+def test_steady_section_tiny(tmp_path, monkeypatch):
     """The issue-16 section: intervals, spread against their median, fraction of the peak
-    measured in the section, and the neighbour job started and stopped."""
+    measured in the section, and the neighbour job started and stopped; a selector
+    ending in --compile runs through the harness's compiled update (not compiled here:
+    the write-back path, fast) with the eager update's FLOPs."""
+    from mcbench.run import compiled
+
+    monkeypatch.setattr(compiled, "BACKEND", "none")
     out = tmp_path / "perf"
-    argv = ["--out", str(out), "--sections", "steady", "--steady-methods", "gan"]
+    argv = ["--out", str(out), "--sections", "steady", "--steady-methods", "gan,gan --compile"]
     argv += ["--steady-updates", "4", "--steady-interval", "2", "--method-warmup", "1"]
     argv += ["--peak-size", "64", "--peak-reps", "1"]
     assert perf.main(argv) == 0
@@ -406,7 +413,9 @@ def test_steady_section_tiny(tmp_path):
     )
     assert g["peak_fraction"] == pytest.approx(g["flops_per_s"] / st["peak"])
     assert st["peak"] == max(st["peaks"]) and st["load"] is True
-    assert "Steady updates" in (out / "perf.md").read_text()
+    assert st["methods"]["gan --compile"]["flops_per_update"] == g["flops_per_update"] > 0
+    md = (out / "perf.md").read_text()
+    assert "Steady updates" in md and "gan --compile" in md
 
 
 def test_neighbour_load_is_stopped():

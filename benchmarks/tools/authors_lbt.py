@@ -161,25 +161,28 @@ def run_theirs(
 OURS_WORKER = r"""
 import json, sys, time, torch
 torch.set_num_threads(1)
+from mcbench.run.graphs import Stepper
 from mcbench.run.runner import RunSpec, build
 from mcbench.run.steady import keep_freed_memory
 keep_freed_memory()
 sel, updates, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-m, ds, rng = build(RunSpec(sel, "ring", 0, 1, 1, 1), torch.device("cpu"))
+compiled = sys.argv[4] == "compiled"
+cpu = torch.device("cpu")
+m, ds, rng = build(RunSpec(sel, "ring", 0, 1, 1, 1, compiled=compiled), cpu)
+step = Stepper(m, cpu, compiled=compiled)  # as the harness runs it; compiles untimed
 n = m.problem.batch_size
 for _ in range(warmup):
-    m.step(ds.sample(n, rng, torch.device("cpu")))
-times = []
-for _ in range(updates):
-    t = time.perf_counter()
-    m.step(ds.sample(n, rng, torch.device("cpu")))
-    times.append((time.perf_counter() - t) * 1e3)
+    step(ds.sample(n, rng, cpu))
+times = [step(ds.sample(n, rng, cpu))[1] * 1e3 for _ in range(updates)]
 print("OURS_MS " + json.dumps(times))
 """
 
 
-def run_ours(selector: str, updates: int, warmup: int, core: int | None) -> list[float]:
-    cmd = [sys.executable, "-c", OURS_WORKER, selector, str(updates), str(warmup)]
+def run_ours(
+    selector: str, updates: int, warmup: int, core: int | None, compiled: bool = False
+) -> list[float]:
+    mode = "compiled" if compiled else "eager"
+    cmd = [sys.executable, "-c", OURS_WORKER, selector, str(updates), str(warmup), mode]
     proc = subprocess.run(
         cmd, env=_env(), capture_output=True, text=True, preexec_fn=_pinned(core), check=True
     )
@@ -218,7 +221,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"{s['core']}; {s['updates']} updates after {s['warmup']} per side and round; "
         f"neighbour load on another core: {'yes' if s['load'] else 'no'}. Theirs: "
         f"LBT_toy.py {' '.join(RING_ARGS)} (TensorFlow {res.get('tf_version', '?')}, v1 "
-        f"compatibility mode); ours: `{s['ours']}`, torch {res['torch']}.",
+        f"compatibility mode); ours: `{s['ours']}`"
+        f"{' compiled (`--compile`)' if s.get('compile') else ', eager'}, torch {res['torch']}.",
         "",
         "| round | theirs ms/update | their spread | ours ms/update | our spread | theirs / ours |",
         "|---|---|---|---|---|---|",
@@ -249,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--core", type=int, default=0, help="core both sides are pinned to")
     ap.add_argument("--load", action="store_true", help="a matmul job busy on another core")
     ap.add_argument("--ours", default=OURS, help="our selector")
+    ap.add_argument(
+        "--compile", action="store_true", help="ours as `mcbench run --compile` trains it"
+    )
     args = ap.parse_args(argv)
     try:
         check_inputs(args.authors_repo, args.tf_python)
@@ -272,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 theirs = run_theirs(
                     args.authors_repo, args.tf_python, args.updates, args.warmup, args.core
                 )
-                ours = run_ours(args.ours, args.updates, args.warmup, args.core)
+                ours = run_ours(args.ours, args.updates, args.warmup, args.core, args.compile)
                 t, o = spread(theirs), spread(ours)
                 res["rounds"].append(
                     {"theirs": t, "ours": o, "ratio": t["median_ms"] / o["median_ms"]}

@@ -43,6 +43,11 @@ Sections (each can be chosen with --sections):
               interval from the median, over the median) and the update's FLOP/s as a
               fraction of the matmul peak measured in this section under the same load.
               Targets (issue 16): LBT >= 0.47 and GAN >= 0.45 of the peak; spread <= 15%.
+A selector ending in " --compile" (methods and steady sections; by default gan and lbt)
+is timed as `mcbench run --compile` trains it: the harness's Stepper running the
+method's functional update compiled whole (compiled before timing starts); its FLOPs
+are the eager update's (the same work; compiled matmuls are not dispatched through the
+Python mode that counts them).
   processes   GAN throughput of --processes processes of 1 thread each against one
               process of --processes threads (CPU only), in overlapping windows.
 
@@ -79,6 +84,8 @@ from mcbench.datasets import get_dataset
 from mcbench.errors import McbenchError
 from mcbench.plugin.protocol import MIXTURE2D
 from mcbench.plugin.registry import methods, resolve
+from mcbench.run.compiled import check_compilable
+from mcbench.run.graphs import Stepper
 from mcbench.run.runner import (
     RunSpec,
     build,
@@ -365,7 +372,7 @@ def method_list(chosen: str, extra: list[str], suite_selectors: list[str]) -> li
         if s not in out:
             out.append(s)
     for s in out:
-        resolve(s)
+        _check_selector(s)
     return out
 
 
@@ -381,20 +388,16 @@ def measure_methods(
 ) -> dict[str, Any]:
     """Per-update time (blocks round-robin over methods), FLOPs of one update, and the
     cost of one evaluation's generation and diagnostics."""
-    built = {}
-    for sel in selectors:
-        m, ds, data_rng = build(RunSpec(sel, dataset, 0, 1, 1, 1), device)
-        built[sel] = (m, ds, data_rng)
+    built = {sel: updater(sel, dataset, device) for sel in selectors}
 
     def block(sel: str, k: int) -> None:
-        m, ds, data_rng = built[sel]
         for _ in range(k):
-            m.step(ds.sample(m.problem.batch_size, data_rng, device))
+            built[sel][1]()
 
     for sel in selectors:
-        block(sel, warmup)
+        block(sel, warmup)  # a compiled update compiles here
     per_step = time_blocks({s: lambda s=s: block(s, 1) for s in selectors}, steps, reps, device)
-    flops = {sel: count_flops(lambda s=sel: block(s, 1)) for sel in selectors}
+    flops = {sel: count_flops(built[sel][2]) for sel in selectors}
     gen: dict[str, list[float]] = {s: [] for s in selectors}
     diag: dict[str, list[float]] = {s: [] for s in selectors}
     for sel in selectors:  # warm the generation path on a small batch
@@ -424,6 +427,31 @@ def measure_methods(
             "spread": block_spread(per_step[sel]),
         }
     return out
+
+
+COMPILE = " --compile"  # a selector so suffixed is timed as `mcbench run --compile` trains it
+
+
+def updater(
+    selector: str, dataset: str, device: torch.device
+) -> tuple[Any, Callable[[], Any], Callable[[], Any]]:
+    """(method, one timed update, one eager update) of a fresh one-seed run: the update
+    as the harness's Stepper runs it (compiled for a selector ending in --compile; the
+    first call compiles), and the method's eager `step`, whose FLOPs are counted for
+    both (a compiled update does the same work, but its matmuls are not dispatched
+    through the Python mode that counts them)."""
+    base, compiled = selector.removesuffix(COMPILE), selector.endswith(COMPILE)
+    m, ds, data_rng = build(RunSpec(base, dataset, 0, 1, 1, 1, compiled=compiled), device)
+    stepper = Stepper(m, device, compiled=compiled)
+    n = m.problem.batch_size
+
+    def one() -> None:
+        stepper(ds.sample(n, data_rng, device))
+
+    def eager() -> None:
+        m.step(ds.sample(n, data_rng, device))
+
+    return m, one, eager
 
 
 def block_spread(blocks: list[float]) -> float:
@@ -476,15 +504,10 @@ def measure_steady(
     with neighbour_load(load):
         peaks = [matmul_peak(device, peak_size, peak_reps)["best"]]
         for sel in selectors:
-            m, ds, data_rng = build(RunSpec(sel, dataset, 0, 1, 1, 1), device)
-            n = m.problem.batch_size
-
-            def one(m: Any = m, ds: Any = ds, data_rng: Any = data_rng, n: int = n) -> None:
-                m.step(ds.sample(n, data_rng, device))
-
+            _, one, eager_one = updater(sel, dataset, device)
             for _ in range(warmup):
                 one()
-            flops = count_flops(one)
+            flops = count_flops(eager_one)
             ms = []
             for _ in range(max(1, updates // interval)):
                 t0 = now(device)
@@ -1399,7 +1422,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--method-steps", type=int, default=10, help="updates per timed block")
     ap.add_argument("--method-reps", type=int, default=5, help="timed blocks per method")
     ap.add_argument("--methods", default="all", help='comma list, or "all" registered')
-    ap.add_argument("--extra-methods", default="lbt[preset=paper]", help="comma list")
+    ap.add_argument(
+        "--extra-methods",
+        default=f"lbt[preset=paper],gan{COMPILE},lbt{COMPILE}",
+        help='comma list; a selector ending in " --compile" is timed compiled',
+    )
     ap.add_argument("--replica-methods", default="gan,lbt", help="comma list (replicas)")
     ap.add_argument("--replicas-list", default="1,4,16,64", help="comma list of R (replicas)")
     ap.add_argument("--replica-warmup", type=int, default=1, help="updates of each side")
@@ -1418,7 +1445,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--graph-steps", type=int, default=20, help="updates per timed block")
     ap.add_argument("--graph-reps", type=int, default=5, help="timed blocks of each side")
     ap.add_argument("--suite", default="paper", help="suite to project")
-    ap.add_argument("--steady-methods", default="lbt,gan", help="comma list (steady section)")
+    ap.add_argument(
+        "--steady-methods",
+        default=f"lbt,gan,lbt{COMPILE},gan{COMPILE}",
+        help="comma list (steady section)",
+    )
     ap.add_argument("--steady-updates", type=int, default=200)
     ap.add_argument("--steady-interval", type=int, default=20)
     ap.add_argument(
@@ -1457,6 +1488,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for k in ("replica_seed_updates", "replica_min_updates", "graph_steps", "graph_reps"):
         if getattr(args, k) < 1:
             raise McbenchError(f"--{k.replace('_', '-')} must be >= 1")
+    if "steady" in args.sections:  # before any section prints its first line
+        _selectors(args.steady_methods)
     args.replicas_list = _ints(args.replicas_list, "--replicas-list")
     args.graph_replicas = _ints(args.graph_replicas, "--graph-replicas")
     return args
@@ -1477,8 +1510,16 @@ def _selectors(text: str) -> list[str]:
     """A comma list of method selectors, each resolved (a bad name fails now)."""
     out = [s.strip() for s in text.split(",") if s.strip()]
     for s in out:
-        resolve(s)
+        _check_selector(s)
     return out
+
+
+def _check_selector(selector: str) -> None:
+    """Resolve a selector now (a bad name fails before any timing); one ending in
+    --compile must name a method with a functional update."""
+    entry, _ = resolve(selector.removesuffix(COMPILE))
+    if selector.endswith(COMPILE):
+        check_compilable(entry.cls, selector.removesuffix(COMPILE))
 
 
 def _log(msg: str) -> None:
@@ -1640,7 +1681,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "peak" in S and "methods" in S:
         for v in S["methods"].values():
             v["peak_fraction"] = v["flops_per_s"] / S["peak"]["best"]
-        res["peak_methods"] = [k for k in ("gan", "lbt", "lbt[preset=paper]") if k in S["methods"]]
+        res["peak_methods"] = [
+            k
+            for k in ("gan", f"gan{COMPILE}", "lbt", f"lbt{COMPILE}", "lbt[preset=paper]")
+            if k in S["methods"]
+        ]
     if "peak" in S and "replicas" in S:
         add_replica_fractions(S["replicas"], S["peak"]["best"])
     with contextlib.suppress(AttributeError, OSError):
