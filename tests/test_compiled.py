@@ -35,8 +35,10 @@ def _two(selector: str, seeds: list[int]):
     return make(), make()
 
 
-@pytest.mark.parametrize("seeds", [[0], [0, 1]], ids=["one seed", "two replicas"])
-@pytest.mark.parametrize("selector", SELECTORS)
+CASES = [(s, [0]) for s in SELECTORS] + [("gan", [0, 1]), ("lbt[preset=authors-code]", [0, 1])]
+
+
+@pytest.mark.parametrize(("selector", "seeds"), CASES, ids=[f"{s}-{len(r)}" for s, r in CASES])
 def test_functional_update_is_step(selector, seeds, float64):
     """In float64, so Adam's normalisation of near-zero gradients cannot magnify the
     rounding of two orderings of the same arithmetic into a visible difference."""
