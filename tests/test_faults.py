@@ -211,7 +211,9 @@ def test_reference_runs_stay_readable_and_intact():
     or predate the record (code unknown)."""
     ref = REPO / "results" / "reference"
     dirs = [
-        d for sub in ("quick", "single_seed", "pacgan_table1_12k") for d in res.run_dirs(ref / sub)
+        d
+        for sub in ("quick", "quick_compiled", "single_seed", "pacgan_table1_12k")
+        for d in res.run_dirs(ref / sub)
     ]
     if not dirs:
         pytest.skip("no committed reference runs")
