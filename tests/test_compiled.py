@@ -128,3 +128,53 @@ def test_a_finished_compiled_run_is_found_again(tmp_path, monkeypatch):
     config = read_config(tmp_path / "runs" / spec.run_name())
     assert config["compiled"] is True and config["execution"].startswith("compiled")
     assert spec_of(config) == spec
+
+
+def test_cli_refuses_what_it_cannot_compile_in_one_line(tmp_path, capsys):
+    from mcbench.cli import main
+
+    out = tmp_path / "out"
+    argv = ["run", "-m", "gan", "-m", "pacgan", "-d", "ring", "--steps", "2", "--compile"]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "mcbench: error: method 'pacgan' has no functional update, so it cannot run with "
+        "--compile (`mcbench list` marks the methods that can)"
+    ]
+    assert not out.exists()  # refused before any work
+
+
+def test_a_report_never_averages_compiled_with_eager_runs(tmp_path):
+    """The committed compiled quick runs beside the eager ones: two labelled rows."""
+    import shutil
+    from pathlib import Path
+
+    from mcbench.report.build import load_results
+
+    ref = Path(__file__).resolve().parents[1] / "results" / "reference"
+    mixed = tmp_path / "mixed" / "runs"
+    mixed.mkdir(parents=True)
+    for sub in ("quick", "quick_compiled"):
+        for d in (ref / sub / "runs").iterdir():
+            if d.name.startswith(("gan-ring", "lbt-ring")):
+                shutil.copytree(d, mixed / d.name)
+    runs = load_results([tmp_path / "mixed"]).runs
+    counts = runs.groupby("method").size().to_dict()
+    assert counts == {"gan": 3, "gan [compiled]": 3, "lbt": 3, "lbt [compiled]": 3}
+    alone = load_results([ref / "quick_compiled"]).runs  # nothing to tell apart
+    assert set(alone["method"]) == {"gan", "lbt"}
+
+
+def test_a_failed_compile_fails_the_run_with_one_line(monkeypatch):
+    """Where torch.compile cannot work (no C++ compiler, say), the run fails with a
+    one-line reason naming the way out, and nothing is trained."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n(details)")
+
+    monkeypatch.setattr(CompiledStep, "prepare", broken)
+    rows, _, status = train(RunSpec("gan", "ring", 0, 4, 2, 500, compiled=True), CPU)
+    assert status["status"] == "failed"
+    assert "compiling the update failed" in status["reason"]
+    assert "\n" not in status["reason"] and "without --compile" in status["reason"]
+    assert not [r for r in rows if r["metric"] == "modes_covered"]  # never evaluated

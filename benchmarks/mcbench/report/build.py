@@ -166,6 +166,7 @@ def _run_record(name: str, cfg: dict[str, Any], rows: pd.DataFrame, d: Path | No
         "family": info.get("family", ""),
         "protocol": cfg.get("protocol", {}).get("name", "common"),
         "regularizers": _regularizers(cfg),
+        "compiled": bool(cfg.get("compiled", False)),
         "dir": str(d) if d else "",
     }
 
@@ -266,8 +267,10 @@ def load_results(paths: list[Path | str]) -> Results:
 def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
     """`method` = the selector, with the protocol profile appended where one selector was
     run on one dataset under several (``gan [pacgan]``, side by side), the harness
-    options where set (``gan [noise 0.1 linear/1000]``), and the budget where with
-    different numbers of steps (merged suites): never average those."""
+    options where set (``gan [noise 0.1 linear/1000]``), ``[compiled]`` on compiled runs
+    where eager runs of the same configuration sit beside them (``--compile``: equal to
+    rounding, still other runs), and the budget where with different numbers of steps
+    (merged suites): never average those."""
     runs["method"] = runs["selector"]
     if "protocol" not in runs:  # records from before profiles
         runs["protocol"] = "common"
@@ -282,6 +285,11 @@ def _label_methods(rows: pd.DataFrame, runs: pd.DataFrame) -> None:
     runs.loc[regularized, "method"] = runs.loc[regularized].apply(
         lambda r: f"{r['method']} [{r['regularizers']}]", axis=1
     )
+    if "compiled" not in runs:
+        runs["compiled"] = False
+    n_modes = runs.groupby(["selector", "dataset", "protocol"])["compiled"].transform("nunique")
+    both = (n_modes > 1) & runs["compiled"].astype(bool)  # never averaged with eager runs
+    runs.loc[both, "method"] = runs.loc[both, "method"] + " [compiled]"
     n_budgets = runs.groupby(["selector", "dataset", "protocol"])["steps"].transform("nunique")
     mixed = n_budgets > 1
     runs.loc[mixed, "method"] = runs.loc[mixed].apply(

@@ -117,7 +117,15 @@ class Stepper:
         if self._graphs and self._calls == self._warmup:
             self._capture_now(real)
         if self._compiled is not None and self._calls == 0:
-            seconds = self._compiled.prepare(real)
+            try:
+                seconds = self._compiled.prepare(real)
+            except Exception as exc:  # the run fails with a one-line reason, not a dump
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise RuntimeError(
+                    f"compiling the update failed ({type(exc).__name__}: {first}); "
+                    "torch.compile needs a working C++ compiler on a CPU; run without "
+                    "--compile to train eagerly"
+                ) from exc
             self.execution = f"compiled (compiling took {seconds:.0f} s, not timed)"
         self._calls += 1
         t0 = time.perf_counter()
