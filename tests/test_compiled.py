@@ -178,3 +178,17 @@ def test_a_failed_compile_fails_the_run_with_one_line(monkeypatch):
     assert "compiling the update failed" in status["reason"]
     assert "\n" not in status["reason"] and "without --compile" in status["reason"]
     assert not [r for r in rows if r["metric"] == "modes_covered"]  # never evaluated
+
+
+def test_compiled_code_is_kept_outside_tmp(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # so that teardown restores it
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ours = str(tmp_path / "mcbench" / "torchinductor")
+    assert compiled.keep_compiled_code() == ours
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # set by its import
+    assert compiled.keep_compiled_code() == ours
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")  # the user's wins
+    assert compiled.keep_compiled_code() == "/somewhere/else"

@@ -8,12 +8,14 @@ and copies the results back in place. So everything outside the update (evaluati
 diagnostics, checkpoints, resume, replicas) sees the same nets, optimisers and streams
 as in an eager run, and a compiled run differs from the eager one only by the rounding
 of reordered float arithmetic. Compilation happens on the first update (minutes for
-LBT on one CPU core the first time, then seconds from TorchInductor's cache) and is
+LBT on one CPU core the first time, then seconds from TorchInductor's cache, kept in
+~/.cache/mcbench/torchinductor unless TORCHINDUCTOR_CACHE_DIR says otherwise) and is
 not counted as update time.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,20 @@ from mcbench.plugin.method import compilable
 from mcbench.run.seeds import generators
 
 BACKEND = "inductor"  # tests set another torch.compile backend (or None: no compiling)
+
+
+def keep_compiled_code() -> str:
+    """Where TorchInductor caches compiled code: TORCHINDUCTOR_CACHE_DIR if set, else
+    ~/.cache/mcbench/torchinductor (XDG_CACHE_HOME respected) rather than its default
+    under /tmp, which a reboot may wipe: a cold LBT compile takes minutes, a cached one
+    seconds."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # importing TorchInductor writes its default into the variable: that is not a choice
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(base, "mcbench", "torchinductor")
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 def check_compilable(cls: type, name: str) -> None:
@@ -80,6 +96,8 @@ class CompiledStep:
             )
         backend = BACKEND if backend is None else backend
         self.fn: Callable = fu.update
+        if backend == "inductor":
+            keep_compiled_code()
         if backend != "none":
             self.fn = torch.compile(fu.update, backend=backend, fullgraph=True, dynamic=False)
 
