@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from mcbench.errors import McbenchError
+from mcbench.methods.blocks import functional as fn
 from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
 from mcbench.methods.blocks.memory import memory_available, size_text
 from mcbench.methods.blocks.unroll import AdamState, bind, unroll
-from mcbench.plugin.method import Method, Problem
+from mcbench.plugin.method import FunctionalUpdate, Method, Problem
 
 G_LOSSES = ("minimax", "nonsaturating")
 
@@ -116,3 +117,41 @@ class UnrolledGAN(Method):
         loss_d = d_loss(self.D(real), self.D(fake.detach()))
         self.minimize(self.opt_d, loss_d)
         return {"d": loss_d.detach(), "g": loss_g.detach()}
+
+    def functional_update(self) -> FunctionalUpdate:
+        """`step` as one pure function, for `mcbench run --compile`: the look-ahead is K
+        nested `torch.func.grad` steps of D's Adam. Equal to `step` to rounding
+        (tests/test_compiled.py)."""
+        G, D, cfg = self.G, self.D, self.cfg
+        step_g, step_d = fn.adam(self.opt_g), fn.adam(self.opt_d)
+        look_ahead = fn.adam(self.opt_d, second_moment=cfg.second_moment_grad)
+
+        def loss_d(p_d, real, fake):
+            return d_loss(fn.call(D, p_d, real), fn.call(D, p_d, fake))
+
+        grad_d = torch.func.grad(fn.with_value(loss_d), has_aux=True)
+
+        def loss_g(p_g, p_d, s_d, real, z):  # 1-2. G's objective at theta_D^K
+            fake = fn.call(G, p_g, z)
+            for _ in range(cfg.K):
+                p_d, s_d = look_ahead(p_d, grad_d(p_d, real, fake)[0], s_d)
+            if cfg.g_loss == "minimax":
+                return -loss_d(p_d, real, fake)
+            return g_loss_nonsaturating(fn.call(D, p_d, fake))
+
+        grad_g = torch.func.grad(fn.with_value(loss_g), has_aux=True)
+
+        def update(params, moments, real, noise):
+            (z,) = noise
+            p_g, p_d, s_d = params["G"], params["D"], moments["opt_d"]
+            g, lg = grad_g(p_g, p_d, s_d, real, z)
+            new_g, s_g = step_g(p_g, g, moments["opt_g"])
+            # 3. D's ordinary step from the same D, on the same fakes (G before its step)
+            g, ld = grad_d(p_d, real, fn.call(G, p_g, z).detach())
+            p_d, s_d = step_d(p_d, g, s_d)
+            return {"G": new_g, "D": p_d}, {"opt_g": s_g, "opt_d": s_d}, {"d": ld, "g": lg}
+
+        def noise(n: int) -> list[torch.Tensor]:  # as `step` draws it
+            return [self.randn(n)]
+
+        return FunctionalUpdate(update, noise, {"opt_g": "G", "opt_d": "D"})

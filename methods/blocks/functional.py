@@ -50,10 +50,16 @@ def adam_hyper(opt: torch.optim.Optimizer, name: str = "") -> tuple[float, tuple
     return float(group["lr"]), tuple(group["betas"]), float(group["eps"])
 
 
-def adam(opt: torch.optim.Optimizer, eps_inside: bool = False, lr: float | None = None) -> AdamFn:
+def adam(
+    opt: torch.optim.Optimizer,
+    eps_inside: bool = False,
+    lr: float | None = None,
+    second_moment: bool = False,
+) -> AdamFn:
     """`opt.step()` as a pure function `(params, grads, moments) -> (params, moments)`,
     the arithmetic of `unroll.adam_step` (torch.optim.Adam's to rounding; `eps_inside`:
-    the LBT authors' placement). `lr` replaces the optimiser's (an unroll's own rate)."""
+    the LBT authors' placement). `lr` replaces the optimiser's (an unroll's own rate);
+    `second_moment` differentiates the second moment too (an unroll's exact derivative)."""
     lr0, betas, eps = adam_hyper(opt)
     rate = lr0 if lr is None else lr
 
@@ -62,7 +68,7 @@ def adam(opt: torch.optim.Optimizer, eps_inside: bool = False, lr: float | None 
         # in float32 loses 4-5 digits to cancellation at small t)
         step = moments["step"].to(torch.float64)
         state = AdamState(step, moments["exp_avg"], moments["exp_avg_sq"], rate, betas, eps)
-        new, s = adam_step(params, grads, state, eps_inside=eps_inside)
+        new, s = adam_step(params, grads, state, second_moment, eps_inside)
         return new, {"step": s.step, "exp_avg": s.exp_avg, "exp_avg_sq": s.exp_avg_sq}
 
     return step
