@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -127,6 +127,14 @@ def check_memory(
             f"plus M x batch x {latent + data_dim} values), "
             f"more than the {size_text(have)} of {where}"
         )
+
+
+@dataclass(frozen=True)
+class FunctionalPhases:
+    """LBT's phases 1 and 2 as pure functions (`LBT.functional_phases`)."""
+
+    fit: Callable[..., tuple[Any, Any, torch.Tensor]]
+    unrolled_real_loss: Callable[..., torch.Tensor]
 
 
 PAPER = {"K": 5, "M": 15, "est_lr_mult": 1.0, "clip_norm": 0.0, "adam_defaults": True}
@@ -303,56 +311,77 @@ class LBT(Method):
         self.opt_g.step()
         return {"elbo_fake": -loss_e, **logs}
 
-    def functional_update(self) -> FunctionalUpdate:
-        """`step` as one pure function of (weights, Adam moments, real batch, noise), for
-        `mcbench run --compile`: the same three phases, gradients by `torch.func.grad`
-        (nested through the unroll). Equal to `step` to rounding (tests/test_compiled.py,
-        in float64 to 1e-9)."""
-        cfg, G, E = self.cfg, self.G, self.E
+    def functional_phases(self) -> FunctionalPhases:
+        """LBT's phases 1 and 2 as pure functions, for `functional_update` here and in
+        LBT-GAN: the M estimator Adam steps on G's samples, and the real-data -ELBO
+        after K unrolled steps on differentiable samples (second moment not
+        differentiated), gradients by nested `torch.func.grad`."""
+        cfg, E = self.cfg, self.E
         M, K, inside = cfg.M, cfg.K, cfg.adam_eps_inside
-        if any(True for _ in itertools.chain(G.buffers(), E.buffers())):
+        if any(True for _ in itertools.chain(self.G.buffers(), E.buffers())):
             raise McbenchError(f"method {self.name!r}: --compile supports nets without buffers")
-        fit = fn.adam(self.opt_e, eps_inside=inside)
-        unrolled = fn.adam(self.opt_e, eps_inside=inside, lr=self.unroll_lr)
-        step_g = fn.adam(self.opt_g)
+        step_e = fn.adam(self.opt_e, eps_inside=inside)
+        step_unrolled = fn.adam(self.opt_e, eps_inside=inside, lr=self.unroll_lr)
 
         def nelbo(pe: fn.Params, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
             return -self.mean(fn.call(E, pe, x, e))
 
         grad_nelbo = torch.func.grad(fn.with_value(nelbo), has_aux=True)
 
+        def fit(p_g, p_e, s_e, z, eps):  # 1. returns (p_e, s_e, the last -ELBO)
+            fakes = self.split(fn.call(self.G, p_g, z).detach(), M)
+            for x, e in zip(fakes, self.split(eps, M), strict=True):
+                g, loss_e = grad_nelbo(p_e, x, e)
+                p_e, s_e = step_e(p_e, g, s_e)
+            return p_e, s_e, loss_e
+
+        def unrolled_real_loss(p_e, s_e, fakes, real, eps):  # 2. -ELBO(real; phi_K)
+            eps = self.split(eps, K + 1)
+            for x, e in zip(fakes, eps[:K], strict=True):
+                p_e, s_e = step_unrolled(p_e, grad_nelbo(p_e, x, e)[0], s_e)
+            return nelbo(p_e, real, eps[K])
+
+        return FunctionalPhases(fit, unrolled_real_loss)
+
+    def functional_step_g(self) -> Callable:
+        """Phase 3 as a pure function: G's gradient clipped as `step` clips it, then
+        G's Adam step: (p_g, grads, s_g) -> (p_g, s_g)."""
+        clip, step_g = self.cfg.clip_norm, fn.adam(self.opt_g)
+
+        def step(p_g, g, s_g):
+            if clip > 0:
+                g = fn.clip_global_norm(g, clip, self._replicas)
+            return step_g(p_g, g, s_g)
+
+        return step
+
+    def functional_update(self) -> FunctionalUpdate:
+        """`step` as one pure function of (weights, Adam moments, real batch, noise), for
+        `mcbench run --compile`: the same three phases. Equal to `step` to rounding
+        (tests/test_compiled.py, in float64 to 1e-9)."""
+        K, G = self.cfg.K, self.G
+        phase, step_g = self.functional_phases(), self.functional_step_g()
+
+        def generator_loss(p_g, p_e, s_e, real, z, eps):
+            fakes = self.split(fn.call(G, p_g, z), K)
+            return phase.unrolled_real_loss(p_e, s_e, fakes, real, eps)
+
+        grad_g = torch.func.grad(fn.with_value(generator_loss), has_aux=True)
+
         def update(params, moments, real, noise):
             z_fit, e_fit, z_unroll, e_unroll = noise
-            p_e, s_e = params["E"], moments["opt_e"]
-            # 1. M estimator Adam steps on generated samples, fresh noise each
-            fakes = self.split(fn.call(G, params["G"], z_fit).detach(), M)
-            for x, e in zip(fakes, self.split(e_fit, M), strict=True):
-                g, loss_e = grad_nelbo(p_e, x, e)
-                p_e, s_e = fit(p_e, g, s_e)
-            eps = self.split(e_unroll, K + 1)
-
-            # 2. K unrolled steps (second moment not differentiated), real-data -ELBO
-            def unrolled_real_loss(p_g: fn.Params) -> torch.Tensor:
-                p, s = p_e, s_e
-                for x, e in zip(self.split(fn.call(G, p_g, z_unroll), K), eps[:K], strict=True):
-                    p, s = unrolled(p, grad_nelbo(p, x, e)[0], s)
-                return nelbo(p, real, eps[K])
-
-            # 3. the generator step
-            g_g, loss = torch.func.grad(fn.with_value(unrolled_real_loss), has_aux=True)(
-                params["G"]
-            )
-            if cfg.clip_norm > 0:
-                g_g = fn.clip_global_norm(g_g, cfg.clip_norm, self._replicas)
-            p_g, s_g = step_g(params["G"], g_g, moments["opt_g"])
+            p_g = params["G"]
+            p_e, s_e, loss_e = phase.fit(p_g, params["E"], moments["opt_e"], z_fit, e_fit)
+            g, loss = grad_g(p_g, p_e, s_e, real, z_unroll, e_unroll)
+            p_g, s_g = step_g(p_g, g, moments["opt_g"])
             losses = {"elbo_fake": -loss_e, "elbo_real_unrolled": -loss}
             return {"G": p_g, "E": p_e}, {"opt_g": s_g, "opt_e": s_e}, losses
 
         def noise(n: int) -> list[torch.Tensor]:  # in the order `step` draws it
-            latent = E.latent_dim
+            latent = self.E.latent_dim
             return [
-                self.randn(M * n),
-                self.randn(M * n, latent),
+                self.randn(self.cfg.M * n),
+                self.randn(self.cfg.M * n, latent),
                 self.randn(K * n),
                 self.randn(K * n + n, latent),
             ]

@@ -31,9 +31,10 @@ from typing import Any, ClassVar
 import torch
 
 from mcbench.errors import McbenchError
+from mcbench.methods.blocks import functional as fn
 from mcbench.methods.blocks.losses import d_loss, g_loss_nonsaturating
 from mcbench.methods.lbt import AUTHORS_CODE, LBT, PAPER, LBTConfig
-from mcbench.plugin.method import Method, Problem, positive
+from mcbench.plugin.method import FunctionalUpdate, Problem, positive
 
 
 @dataclass
@@ -64,7 +65,6 @@ class LBTGAN(LBT):
     Config = LBTGANConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": PAPER, "authors-code": AUTHORS_CODE}
     defaults_from = "LBT authors' code (preset authors-code); lambda_G from paper section 5"
-    functional_update = Method.functional_update  # LBT's leaves out the discriminator
 
     def __init__(self, problem: Problem, cfg: LBTGANConfig) -> None:
         super().__init__(problem, cfg)
@@ -131,3 +131,66 @@ class LBTGAN(LBT):
         if self.warming_up:  # counts to the end of the warm-up only, then stays fixed
             self.updates += 1
         return logs
+
+    def functional_update(self) -> FunctionalUpdate:
+        """`step` as one pure function, for `mcbench run --compile`: LBT's phases
+        (`LBT.functional_phases`) with the discriminator's steps and the GAN term in the
+        generator's loss. Runs with a warm-up are refused (its branch changes with the
+        update count). Equal to `step` to rounding (tests/test_compiled.py)."""
+        cfg, G, D, K = self.cfg, self.G, self.D, self.cfg.K
+        if cfg.warmup > 0:
+            raise McbenchError(f"method {self.name!r}: --compile does not take warmup > 0")
+        phase, step_g = self.functional_phases(), self.functional_step_g()
+        step_d, lam = fn.adam(self.opt_d), self.lambda_gan
+
+        def loss_d(p_d, real, fake):
+            return d_loss(fn.call(D, p_d, real), fn.call(D, p_d, fake))
+
+        grad_d = torch.func.grad(fn.with_value(loss_d), has_aux=True)
+
+        def generator_loss(p_g, p_e, s_e, p_d, s_d, real, z_d, z_unroll, z_gan, eps):
+            fakes = self.split(fn.call(G, p_g, z_unroll), K)
+            for i, z in enumerate(z_d):  # 2. D steps on detached samples
+                fake = fakes[0] if (i == 0 and not cfg.fresh_samples) else fn.call(G, p_g, z)
+                g, ld = grad_d(p_d, real, fake.detach())
+                p_d, s_d = step_d(p_d, g, s_d)
+            gan_fake = fn.call(G, p_g, z_gan) if cfg.fresh_samples else fakes[0]
+            loss_gan = g_loss_nonsaturating(fn.call(D, p_d, gan_fake))
+            loss_elbo = phase.unrolled_real_loss(p_e, s_e, fakes, real, eps)  # 3.
+            logs = {"elbo_real_unrolled": -loss_elbo.detach(), "d": ld, "g_gan": loss_gan}
+            return lam * loss_gan + loss_elbo, (p_d, s_d, logs)
+
+        def summed(*args):
+            loss, aux = generator_loss(*args)
+            return loss.sum(), aux
+
+        grad_g = torch.func.grad(summed, has_aux=True)
+
+        def update(params, moments, real, noise):
+            z_fit, e_fit, z_d, z_unroll, z_gan, e_unroll = noise
+            p_g = params["G"]
+            p_e, s_e, loss_e = phase.fit(p_g, params["E"], moments["opt_e"], z_fit, e_fit)
+            g, (p_d, s_d, logs) = grad_g(
+                p_g, p_e, s_e, params["D"], moments["opt_d"], real, z_d, z_unroll, z_gan, e_unroll
+            )
+            p_g, s_g = step_g(p_g, g, moments["opt_g"])
+            logs = {"elbo_fake": -loss_e, **logs}
+            return (
+                {"G": p_g, "E": p_e, "D": p_d},
+                {"opt_g": s_g, "opt_e": s_e, "opt_d": s_d},
+                logs,
+            )
+
+        def noise(n: int) -> list:  # in the order `step` draws it
+            latent = self.E.latent_dim
+            z_fit, e_fit = self.randn(cfg.M * n), self.randn(cfg.M * n, latent)
+            if cfg.fresh_samples:  # D's samples, the unroll's, the GAN term's
+                z_d = [self.randn(n) for _ in range(cfg.d_steps)]
+                z_unroll, z_gan = self.randn(K * n), self.randn(n)
+            else:  # the unroll's (its first batch also D's and the GAN term's), then D's
+                z_unroll = self.randn(K * n)
+                z_d = [z_unroll, *(self.randn(n) for _ in range(cfg.d_steps - 1))]
+                z_gan = z_unroll
+            return [z_fit, e_fit, z_d, z_unroll, z_gan, self.randn(K * n + n, latent)]
+
+        return FunctionalUpdate(update, noise, {"opt_g": "G", "opt_e": "E", "opt_d": "D"})

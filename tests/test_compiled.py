@@ -26,6 +26,9 @@ SELECTORS = [
     "lbt[clip_norm=0]",
     "unrolled-gan",
     "unrolled-gan[g_loss=nonsaturating,second_moment_grad=false,K=2]",
+    "lbt-gan",
+    "lbt-gan[preset=authors-code,d_steps=2]",
+    "lbt-gan[fresh_samples=true,d_steps=2,K=2,M=3]",
 ]
 
 
@@ -43,7 +46,11 @@ def _two(selector: str, seeds: list[int]):
     return make(), make()
 
 
-CASES = [(s, [0]) for s in SELECTORS] + [("gan", [0, 1]), ("lbt[preset=authors-code]", [0, 1])]
+CASES = [(s, [0]) for s in SELECTORS] + [
+    ("gan", [0, 1]),
+    ("lbt[preset=authors-code]", [0, 1]),
+    ("lbt-gan[K=2,M=2]", [0, 1]),
+]
 
 
 @pytest.mark.parametrize(("selector", "seeds"), CASES, ids=[f"{s}-{len(r)}" for s, r in CASES])
@@ -113,10 +120,13 @@ def test_configuration_of_its_own():
 
 
 def test_refusals():
-    assert {n for n, e in methods().items() if compilable(e.cls)} == {"gan", "lbt", "unrolled-gan"}
-    assert not compilable(methods()["lbt-gan"].cls)  # LBT's function leaves out D
+    names = {n for n, e in methods().items() if compilable(e.cls)}
+    assert names == {"gan", "lbt", "lbt-gan", "unrolled-gan"}
+    assert not compilable(methods()["lbt-implicit"].cls)  # LBT's function unrolls; it solves
     with pytest.raises(McbenchError, match="no functional update"):
         check_compiled(RunSpec("pacgan", "ring", 0, 5, 5, 5, compiled=True))
+    with pytest.raises(McbenchError, match="warmup"):
+        check_compiled(RunSpec("lbt-gan[warmup=3]", "ring", 0, 5, 5, 5, compiled=True))
     with pytest.raises(McbenchError, match="alternating"):
         check_compiled(RunSpec("gan[simultaneous=true]", "ring", 0, 5, 5, 5, compiled=True))
     m, _, _ = build(RunSpec("veegan", "ring", 0, 5, 5, 5), CPU)
