@@ -69,14 +69,11 @@ class GAN(Method):
         G, D, d_steps = self.G, self.D, self.cfg.d_steps
         step_d, step_g = fn.adam(self.opt_d), fn.adam(self.opt_g)
 
-        def loss_d(p_d, real, fake):
-            return d_loss(fn.call(D, p_d, real), fn.call(D, p_d, fake))
-
         def loss_g(p_g, p_d, z):
             return g_loss_nonsaturating(fn.call(D, p_d, fn.call(G, p_g, z)))
 
-        grad_d = torch.func.grad(fn.with_value(loss_d), has_aux=True)
-        grad_g = torch.func.grad(fn.with_value(loss_g), has_aux=True)
+        grad_d = fn.grad_and_value(fn.critic_loss(D))
+        grad_g = fn.grad_and_value(loss_g)
 
         def update(params, moments, real, noise):
             p_g, p_d, s_d = params["G"], params["D"], moments["opt_d"]

@@ -326,7 +326,7 @@ class LBT(Method):
         def nelbo(pe: fn.Params, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
             return -self.mean(fn.call(E, pe, x, e))
 
-        grad_nelbo = torch.func.grad(fn.with_value(nelbo), has_aux=True)
+        grad_nelbo = fn.grad_and_value(nelbo)
 
         def fit(p_g, p_e, s_e, z, eps):  # 1. returns (p_e, s_e, the last -ELBO)
             fakes = self.split(fn.call(self.G, p_g, z).detach(), M)
@@ -366,7 +366,7 @@ class LBT(Method):
             fakes = self.split(fn.call(G, p_g, z), K)
             return phase.unrolled_real_loss(p_e, s_e, fakes, real, eps)
 
-        grad_g = torch.func.grad(fn.with_value(generator_loss), has_aux=True)
+        grad_g = fn.grad_and_value(generator_loss)
 
         def update(params, moments, real, noise):
             z_fit, e_fit, z_unroll, e_unroll = noise

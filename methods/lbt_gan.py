@@ -143,10 +143,7 @@ class LBTGAN(LBT):
         phase, step_g = self.functional_phases(), self.functional_step_g()
         step_d, lam = fn.adam(self.opt_d), self.lambda_gan
 
-        def loss_d(p_d, real, fake):
-            return d_loss(fn.call(D, p_d, real), fn.call(D, p_d, fake))
-
-        grad_d = torch.func.grad(fn.with_value(loss_d), has_aux=True)
+        grad_d = fn.grad_and_value(fn.critic_loss(D))
 
         def generator_loss(p_g, p_e, s_e, p_d, s_d, real, z_d, z_unroll, z_gan, eps):
             fakes = self.split(fn.call(G, p_g, z_unroll), K)

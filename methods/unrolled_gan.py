@@ -126,10 +126,8 @@ class UnrolledGAN(Method):
         step_g, step_d = fn.adam(self.opt_g), fn.adam(self.opt_d)
         look_ahead = fn.adam(self.opt_d, second_moment=cfg.second_moment_grad)
 
-        def loss_d(p_d, real, fake):
-            return d_loss(fn.call(D, p_d, real), fn.call(D, p_d, fake))
-
-        grad_d = torch.func.grad(fn.with_value(loss_d), has_aux=True)
+        loss_d = fn.critic_loss(D)
+        grad_d = fn.grad_and_value(loss_d)
 
         def loss_g(p_g, p_d, s_d, real, z):  # 1-2. G's objective at theta_D^K
             fake = fn.call(G, p_g, z)
@@ -139,7 +137,7 @@ class UnrolledGAN(Method):
                 return -loss_d(p_d, real, fake)
             return g_loss_nonsaturating(fn.call(D, p_d, fake))
 
-        grad_g = torch.func.grad(fn.with_value(loss_g), has_aux=True)
+        grad_g = fn.grad_and_value(loss_g)
 
         def update(params, moments, real, noise):
             (z,) = noise

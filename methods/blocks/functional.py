@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from mcbench.errors import McbenchError
+from mcbench.methods.blocks.losses import d_loss
 from mcbench.methods.blocks.unroll import AdamState, adam_step
 from mcbench.plugin import replicas as rep
 
@@ -87,13 +88,23 @@ def clip_global_norm(grads: Params, max_norm: float, replicas: bool) -> Params:
     return {k: g * coef for k, g in grads.items()}
 
 
-def with_value(loss: Callable[..., torch.Tensor]) -> Callable[..., tuple[torch.Tensor, Any]]:
-    """`loss` (every seed's, shape () or (R,)) as `torch.func.grad(..., has_aux=True)`
-    wants it: the sum to differentiate (seeds share no parameters), and the detached
-    per-seed values for the log."""
+def grad_and_value(loss: Callable[..., torch.Tensor]) -> Callable[..., tuple[Params, Any]]:
+    """`loss(params, ...)` (every seed's, shape () or (R,)) -> `(grads, values)`: the
+    gradient in `params` of the sum (seeds share no parameters) by `torch.func.grad`,
+    and the detached per-seed values for the log."""
 
     def summed(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
         value = loss(*args)
         return value.sum(), value.detach()
 
-    return summed
+    return torch.func.grad(summed, has_aux=True)
+
+
+def critic_loss(D: nn.Module) -> Callable[..., torch.Tensor]:
+    """`d_loss` (real labelled 1, fake 0) of the critic `D` with weights `p_d`, as a pure
+    function `(p_d, real, fake) -> loss`."""
+
+    def loss(p_d: Params, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return d_loss(call(D, p_d, real), call(D, p_d, fake))
+
+    return loss

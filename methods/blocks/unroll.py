@@ -141,6 +141,20 @@ def _adam_foreach(p, g, state, names, bc1, bc2, second, eps_inside):
     return m, v, torch._foreach_sub(p, step)
 
 
+def adam_state(opt: torch.optim.Optimizer, p: torch.Tensor, group: dict) -> dict:
+    """`opt.state[p]`, created first where `p` has not stepped yet as torch.optim.Adam
+    lays it out: zero moments and a zero step count (a float32 tensor, float64 under a
+    float64 default dtype; on the device for a capturable optimiser)."""
+    st = opt.state[p]
+    if not st:
+        dev = p.device if group.get("capturable") else torch.device("cpu")
+        scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        st["step"] = torch.zeros((), dtype=scalar, device=dev)
+        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return st
+
+
 @torch.no_grad()
 def adam_eps_inside_(opt: torch.optim.Adam) -> None:
     """`opt.step()` with eps inside the square root (`adam_step(eps_inside=True)`), in
@@ -159,12 +173,7 @@ def adam_eps_inside_(opt: torch.optim.Adam) -> None:
         if not params:
             continue
         for p in params:
-            st = opt.state[p]
-            if not st:  # as torch.optim.Adam lays out its state
-                dev = p.device if group.get("capturable") else torch.device("cpu")
-                st["step"] = torch.zeros((), dtype=torch.float32, device=dev)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st = adam_state(opt, p, group)
             st["step"] += 1
         by_step: dict[int | torch.Tensor, list[torch.Tensor]] = {}
         for p in params:  # parameters that have stepped equally often update together

@@ -203,6 +203,14 @@ class FunctionalUpdate:
     optimized: dict[str, str]
 
 
+def no_functional_update(name: str) -> McbenchError:
+    """The refusal of `--compile` for a method without a functional update."""
+    return McbenchError(
+        f"method {name!r} has no functional update, so it cannot run with --compile "
+        "(`mcbench list` marks the methods that can)"
+    )
+
+
 def compilable(cls: type) -> bool:
     """Whether `--compile` can train the method class: it defines its own update as a
     pure function (a subclass that changes `step` resets `functional_update`)."""
@@ -270,10 +278,7 @@ class Method(metaclass=_Checked):
         """This method's update as one pure function, which `mcbench run --compile`
         compiles whole (mcbench.run.compiled); a method that defines it keeps `step` as
         the reference the two are tested against. Default: none, refused here."""
-        raise McbenchError(
-            f"method {self.name!r} has no functional update, so it cannot run with "
-            "--compile (`mcbench list` marks the methods that can)"
-        )
+        raise no_functional_update(self.name)
 
     def diagnostics(self) -> dict[str, float | torch.Tensor]:
         """Extra curves recorded at each evaluation (e.g. LBT's ELBO on generated and

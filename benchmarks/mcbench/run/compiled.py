@@ -24,7 +24,8 @@ import torch
 from torch.utils._pytree import tree_map
 
 from mcbench.errors import McbenchError
-from mcbench.plugin.method import compilable
+from mcbench.methods.blocks.unroll import adam_state
+from mcbench.plugin.method import compilable, no_functional_update
 from mcbench.run.seeds import generators
 
 BACKEND = "inductor"  # tests set another torch.compile backend (or None: no compiling)
@@ -47,24 +48,7 @@ def keep_compiled_code() -> str:
 def check_compilable(cls: type, name: str) -> None:
     """Refuse `--compile` for a method class without a functional update, at planning."""
     if not compilable(cls):
-        raise McbenchError(
-            f"method {name!r} has no functional update, so it cannot run with --compile "
-            "(`mcbench list` marks the methods that can)"
-        )
-
-
-def _init_state(opt: torch.optim.Optimizer) -> None:
-    """Create Adam's state as torch.optim.Adam does on its first step (zero moments, a
-    zero step count), so the first compiled update already has tensors to read."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state[p]
-            if not st:
-                dev = p.device if group.get("capturable") else torch.device("cpu")
-                scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else None
-                st["step"] = torch.zeros((), dtype=scalar or torch.float32, device=dev)
-                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        raise no_functional_update(name)
 
 
 class CompiledStep:
@@ -79,7 +63,9 @@ class CompiledStep:
         self.moments: dict[str, tuple[dict, dict, list[torch.Tensor]]] = {}
         for opt_name, net in fu.optimized.items():
             opt = opts[opt_name]
-            _init_state(opt)
+            for group in opt.param_groups:  # the first compiled update reads its state
+                for p in group["params"]:
+                    adam_state(opt, p, group)
             named = self.params[net]
             if {id(p) for g in opt.param_groups for p in g["params"]} != {
                 id(p) for p in named.values()
