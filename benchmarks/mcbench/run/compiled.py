@@ -16,6 +16,7 @@ TORCHINDUCTOR_CACHE_DIR says otherwise) and is not counted as update time.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from mcbench.errors import McbenchError
 from mcbench.methods.blocks.unroll import adam_state
 from mcbench.plugin.method import compilable, no_functional_update
+from mcbench.run import fast_randn
 from mcbench.run.passes import update_pass
 from mcbench.run.seeds import generators
 
@@ -85,9 +87,11 @@ class CompiledStep:
         backend = BACKEND if backend is None else backend
         self.fn: Callable = fu.update
         self._compiled_for: tuple | None = None
-        self.fast_tanh = backend == "inductor"
+        self.rewrites = backend == "inductor"  # TorchInductor: mcbench.run.passes applies
+        self.draws: Any = contextlib.nullcontext()
+        self.draws_note = "torch.randn"
         options = None
-        if self.fast_tanh:
+        if self.rewrites:
             keep_compiled_code()
             # cpp_wrapper: the generated code that calls the update's few hundred kernels
             # and matmuls is C++ rather than Python (5% of a compiled GAN update)
@@ -124,9 +128,14 @@ class CompiledStep:
         back afterwards (training is untouched); returns the seconds it took, which the
         harness keeps out of the update time."""
         t0 = time.perf_counter()
+        if self.rewrites:
+            op, self.draws_note = fast_randn.extension()
+            if op is not None:
+                self.draws = fast_randn.InlineRandn(op)
         gens = generators(self.method)
         saved = [g.get_state() for g in gens]
-        noise = self.noise(self.method.num_samples(real))
+        with self.draws:
+            noise = self.noise(self.method.num_samples(real))
         for g, st in zip(gens, saved, strict=True):
             g.set_state(st)
         params, moments = self._inputs()
@@ -136,8 +145,15 @@ class CompiledStep:
         self._compiled_for = _signature(real, noise)
         return time.perf_counter() - t0
 
+    def notes(self) -> str:
+        """What `config.json`'s `execution` adds: how tanh and the noise were computed."""
+        if not self.rewrites:
+            return ""
+        return f"; tanh: Eigen's rational approximation; normal draws: {self.draws_note}"
+
     def __call__(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        noise = self.noise(self.method.num_samples(real))
+        with self.draws:  # torch.randn's numbers (mcbench.run.fast_randn)
+            noise = self.noise(self.method.num_samples(real))
         params, moments = self._inputs()
         # dynamo checks about 400 guards (every weight, moment and module the update
         # closes over) before each call: 0.4 ms, 5% of a compiled GAN update. The nets,

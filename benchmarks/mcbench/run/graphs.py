@@ -126,8 +126,8 @@ class Stepper:
                     "torch.compile needs a working C++ compiler on a CPU; run without "
                     "--compile to train eagerly"
                 ) from exc
-            tanh = "; tanh: Eigen's rational approximation" if self._compiled.fast_tanh else ""
-            self.execution = f"compiled (compiling took {seconds:.0f} s, not timed{tanh})"
+            notes = self._compiled.notes()
+            self.execution = f"compiled (compiling took {seconds:.0f} s, not timed{notes})"
         self._calls += 1
         t0 = time.perf_counter()
         losses = self._update(real)
