@@ -125,6 +125,18 @@ def test_pass_splits_addmm_and_reshapes_thin_matmuls():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_pass_leaves_graphs_off_the_cpu_alone():
+    """The costs behind the rewrites are a CPU's (SLEEF's tanh, MKL's thin matmuls);
+    a graph on another device (meta here, as no GPU is at hand) is left as it is."""
+    shapes = [(32, 2), (32,), (2, 32), (2,), (64, 2)]
+    args = [torch.zeros(s, device="meta") for s in shapes]
+    gm = make_fx(torch.func.grad(biased_net_loss), tracing_mode="fake")(*args)
+    ops = (aten.mm.default, aten.addmm.default, aten.tanh.default)
+    before = [count(gm, op) for op in ops]
+    update_pass()(gm.graph)
+    assert [count(gm, op) for op in ops] == before and before[1] > 0 and before[2] > 0
+
+
 def test_pass_leaves_float64_tanh_alone():
     gm, _ = traced(torch.float64)
     n_tanh = count(gm, aten.tanh.default)

@@ -1,4 +1,4 @@
-"""Two rewrites of a compiled update's graph that TorchInductor does not make on a CPU.
+"""Rewrites of a compiled update's graph that TorchInductor does not make on a CPU.
 
 tanh as TensorFlow computes it. torch's float32 tanh (SLEEF's 1-ulp vectorised tanhf)
 costs about 3 ns per element on one core of our CPU, ten times a multiply; in a compiled
@@ -21,7 +21,13 @@ the output and then accumulates the product onto it; where everything that reads
 output is elementwise (the activation after a layer), `mm` followed by `+ bias` lets the
 add ride in the activation's loop instead. TorchInductor makes this rewrite on GPUs
 only (`should_prefer_unfused_addmm`); on our CPU the copies were 5% of an LBT update.
-Both rewrites change results only by rounding.
+
+The thin matmuls of 2-D data. MKL takes 100 us for the 128 x 512 by 512 x 2 product of
+a 2-D output layer's weight gradient, 5x the same product transposed; a matmul with
+an inner dimension of at most 2 (a 2-D input layer) is a sum of that many outer
+products, which fuses into the loops around it.
+
+Each rewrite changes results only by rounding, and applies to CPU graphs only.
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ def _shape(match: Any, name: str) -> tuple[int, ...]:
     return tuple(match.kwargs[name].meta["val"].shape)
 
 
+def _on_cpu(match: Any, name: str) -> bool:
+    """The rewrites answer costs measured on a CPU (SLEEF's tanh, MKL's thin matmuls);
+    TorchInductor's GPU code has neither, so GPU graphs are left as they are."""
+    return match.kwargs[name].meta["val"].device.type == "cpu"
+
+
 @functools.cache
 def _patterns() -> tuple[Any, Any]:
     """The rewrites, traced once (they import TorchInductor, so not at import time):
@@ -83,7 +95,7 @@ def _patterns() -> tuple[Any, Any]:
         return torch.ops.aten.tanh.default(x)
 
     def float32(match: Any) -> bool:
-        return match.kwargs["x"].meta["val"].dtype == torch.float32
+        return _on_cpu(match, "x") and match.kwargs["x"].meta["val"].dtype == torch.float32
 
     def addmm(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten.addmm.default(b, x, w)
@@ -93,7 +105,8 @@ def _patterns() -> tuple[Any, Any]:
 
     def unfuse(match: Any) -> bool:
         users = match.output_node().users
-        return _shape(match, "w")[1] <= SMALL or all(is_pointwise_use(u) for u in users)
+        elementwise = all(is_pointwise_use(u) for u in users)
+        return _on_cpu(match, "x") and (_shape(match, "w")[1] <= SMALL or elementwise)
 
     def mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten.mm.default(x, w)
@@ -108,7 +121,7 @@ def _patterns() -> tuple[Any, Any]:
 
     def thin(match: Any) -> bool:
         (m, k), n = _shape(match, "x"), _shape(match, "w")[1]
-        return k <= SMALL or (n <= SMALL < k and m > SMALL)
+        return _on_cpu(match, "x") and (k <= SMALL or (n <= SMALL < k and m > SMALL))
 
     pm.register_replacement(
         tanh, rational_tanh, [torch.empty(8)], pm.fwd_only, first, extra_check=float32
