@@ -37,25 +37,31 @@ def test_rational_tanh_within_its_stated_error_over_the_whole_range():
     assert rational_tanh(torch.tensor([float("nan")])).isnan().all()
 
 
-def unrolled_loss(w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def unrolled_loss(w1: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, act=torch.tanh):
     """One differentiable SGD step of a tanh net, then a loss of the stepped net: the
     double backward an LBT update takes through its unroll."""
 
     def inner(w1: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(torch.tanh(x @ w1) @ w2).square().mean()
+        return act(act(x @ w1) @ w2).square().mean()
 
     stepped = w1 - 0.1 * torch.func.grad(inner)(w1)
-    return torch.tanh(torch.tanh(x @ stepped) @ w2).sum()
+    return act(act(x @ stepped) @ w2).sum()
 
 
-def traced(dtype: torch.dtype) -> tuple[torch.fx.GraphModule, tuple]:
-    g = torch.Generator().manual_seed(0)
-    args = (
+def net_args(dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """(w1, w2, x) of `unrolled_loss`: a 2-32-2 net on a batch of 64."""
+    g = torch.Generator().manual_seed(seed)
+    return (
         torch.randn(2, 32, generator=g, dtype=dtype) * 0.5,
         torch.randn(32, 2, generator=g, dtype=dtype) * 0.5,
         torch.randn(64, 2, generator=g, dtype=dtype) * 2,
     )
-    return make_fx(torch.func.grad(unrolled_loss), tracing_mode="fake")(*args), args
+
+
+def traced(dtype: torch.dtype) -> tuple[torch.fx.GraphModule, tuple]:
+    args = net_args(dtype)
+    tanh_net = torch.func.grad(lambda w1, w2, x: unrolled_loss(w1, w2, x))
+    return make_fx(tanh_net, tracing_mode="fake")(*args), args
 
 
 def count(gm: torch.fx.GraphModule, op) -> int:
@@ -152,17 +158,10 @@ def test_pass_identity_enters_the_compile_cache_key():
 def test_tanh_fast_layers_compile_to_plain_tanh_with_both_derivatives():
     """dynamo drops the second derivative of the eager `tanh-fast` Function inside
     torch.func.grad, so compiled, `fast_tanh` is torch.tanh (which the pass replaces)."""
-    g = torch.Generator().manual_seed(1)
-    w1 = torch.randn(2, 32, generator=g, dtype=torch.float64) * 0.5
-    w2 = torch.randn(32, 2, generator=g, dtype=torch.float64) * 0.5
-    x = torch.randn(64, 2, generator=g, dtype=torch.float64) * 2
+    w1, w2, x = net_args(torch.float64, seed=1)
 
     def loss(w1: torch.Tensor, act) -> torch.Tensor:
-        def inner(w1: torch.Tensor) -> torch.Tensor:
-            return act(act(x @ w1) @ w2).square().mean()
-
-        stepped = w1 - 0.1 * torch.func.grad(inner)(w1)
-        return act(act(x @ stepped) @ w2).sum()
+        return unrolled_loss(w1, w2, x, act)
 
     want = torch.func.grad(loss)(w1, torch.tanh)
     compiled = torch.compile(torch.func.grad(loss), backend="eager", fullgraph=True)
