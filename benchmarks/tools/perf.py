@@ -96,6 +96,7 @@ from mcbench.run.runner import (
     generate,
     train,
 )
+from mcbench.run.steady import keep_freed_memory
 
 CSV_COLUMNS = ("section", "item", "metric", "value", "unit")
 SECTIONS = (
@@ -492,8 +493,6 @@ def measure_steady(
 ) -> dict[str, Any]:
     """Each method's `updates` updates timed in intervals of `interval`, one method after
     another, with the matmul peak measured under the same conditions before and after."""
-    from mcbench.run.steady import keep_freed_memory
-
     out: dict[str, Any] = {
         "updates": updates,
         "interval": interval,
@@ -938,6 +937,7 @@ def _worker(args: argparse.Namespace) -> None:
     """One throughput process: build the GAN on `dataset`, warm up, say ready, wait for
     'go', run updates for `seconds`, print {steps, seconds}."""
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     device = torch.device("cpu")
     m, ds, data_rng = build(RunSpec("gan", args.dataset, 0, 1, 1, 1), device)
     n = m.problem.batch_size
@@ -1529,6 +1529,8 @@ def _log(msg: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every requested section, in one process; returns the raw results."""
     torch.set_num_threads(args.threads)
+    # every section times updates under the allocator settings `mcbench run` trains with
+    keep_freed_memory()
     device = torch.device(args.device) if args.device else default_device()
     secs = set(args.sections)
     if "projection" in secs:  # needs the step, generation and metric costs
