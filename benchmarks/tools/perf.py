@@ -41,7 +41,8 @@ Sections (each can be chosen with --sections):
               (--steady-load, default) another single-threaded job busy on a second core:
               ms per update of each interval, the spread (largest distance of an
               interval from the median, over the median) and the update's FLOP/s as a
-              fraction of the matmul peak measured in this section under the same load.
+              fraction of the matmul peak measured in this section under the same load;
+              a matmul probe after each interval gives a host-adjusted spread beside it.
               Targets (issue 16): LBT >= 0.47 and GAN >= 0.45 of the peak; spread <= 15%.
 A selector ending in " --compile" (methods and steady sections; by default gan and lbt)
 is timed as `mcbench run --compile` trains it: the harness's Stepper running the
@@ -480,6 +481,10 @@ def neighbour_load(on: bool):
         proc.wait()
 
 
+PROBE_SIZE = 512  # a 268-MFLOP matmul, about 3 ms on one core of our CPU
+PROBE_REPS = 3
+
+
 def measure_steady(
     selectors: list[str],
     dataset: str,
@@ -492,7 +497,14 @@ def measure_steady(
     peak_reps: int,
 ) -> dict[str, Any]:
     """Each method's `updates` updates timed in intervals of `interval`, one method after
-    another, with the matmul peak measured under the same conditions before and after."""
+    another, with the matmul peak measured under the same conditions before and after.
+
+    After each interval a short matmul probe (`probe_size`, best of PROBE_REPS) measures
+    how fast the host is just then: on a shared machine it drifts by 10-20% within
+    minutes, for every program on it. Scaling each interval by its probe over the
+    probes' median gives a second spread, host-adjusted, which separates the update's
+    own variation from the host's; the target is on the raw spread."""
+    probe_size = min(PROBE_SIZE, peak_size)
     out: dict[str, Any] = {
         "updates": updates,
         "interval": interval,
@@ -507,17 +519,22 @@ def measure_steady(
             for _ in range(warmup):
                 one()
             flops = count_flops(eager_one)
-            ms = []
+            ms, probes = [], []
             for _ in range(max(1, updates // interval)):
                 t0 = now(device)
                 for _ in range(interval):
                     one()
                 ms.append((now(device) - t0) / interval * 1e3)
+                probes.append(matmul_peak(device, probe_size, PROBE_REPS)["best"])
             med = median(ms)
+            mid = median(probes)
+            adjusted = [m * p / mid for m, p in zip(ms, probes, strict=True)]
             out["methods"][sel] = {
                 "interval_ms_per_update": ms,
                 "ms_median": med,
                 "spread": block_spread(ms),
+                "probe_flops_per_s": probes,
+                "spread_host_adjusted": block_spread(adjusted),
                 "flops_per_update": flops,
                 "flops_per_s": flops / (med / 1e3),
             }
@@ -527,6 +544,14 @@ def measure_steady(
     for v in out["methods"].values():
         v["peak_fraction"] = v["flops_per_s"] / out["peak"]
     return out
+
+
+def _probes(v: dict[str, Any]) -> str:
+    """Probe range and host-adjusted spread (runs written before the probe: '-')."""
+    if "probe_flops_per_s" not in v:
+        return "- | -"
+    p = v["probe_flops_per_s"]
+    return f"{min(p) / 1e9:.0f}-{max(p) / 1e9:.0f} | {v['spread_host_adjusted'] * 100:.1f}%"
 
 
 def _steady_md(st: dict[str, Any]) -> list[str]:
@@ -539,11 +564,15 @@ def _steady_md(st: dict[str, Any]) -> list[str]:
         f"the same conditions before and after: {st['peak'] / 1e9:.1f} GFLOP/s "
         f"({', '.join(f'{p / 1e9:.1f}' for p in st['peaks'])}). Freed memory kept in the "
         f"heap (mcbench.run.steady): {st['keep_freed_memory']}. Spread: the largest "
-        "distance of an interval from the median, over the median.",
+        "distance of an interval from the median, over the median. Host probe: a "
+        f"{PROBE_SIZE}-wide matmul's GFLOP/s after each interval (how fast the machine "
+        "was just then); host-adjusted: the spread of the intervals each scaled by its "
+        "probe over the probes' median, which takes out the host's own drift (the "
+        "target is on the raw spread).",
         "",
         "| method | ms per update (median) | intervals min-max | spread | target | "
-        "fraction of peak | target |",
-        "|---|---|---|---|---|---|---|",
+        "fraction of peak | target | host probe, GFLOP/s | spread, host-adjusted |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, v in st["methods"].items():
         ms = v["interval_ms_per_update"]
@@ -551,7 +580,8 @@ def _steady_md(st: dict[str, Any]) -> list[str]:
         rows.append(
             f"| {k} | {_fmt(v['ms_median'])} | {_fmt(min(ms))}-{_fmt(max(ms))} | "
             f"{v['spread'] * 100:.1f}% | <= {STEADY_SPREAD_TARGET * 100:.0f}% | "
-            f"{v['peak_fraction']:.3f} | {f'>= {frac_t}' if frac_t else '-'} |"
+            f"{v['peak_fraction']:.3f} | {f'>= {frac_t}' if frac_t else '-'} | "
+            f"{_probes(v)} |"
         )
     return [*rows, ""]
 
@@ -1099,6 +1129,8 @@ def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
             add("steady", k, "ms_per_update", v["ms_median"], "ms")
             add("steady", k, "spread", v["spread"], "ratio")
             add("steady", k, "peak_fraction", v["peak_fraction"], "ratio")
+            if "spread_host_adjusted" in v:
+                add("steady", k, "spread_host_adjusted", v["spread_host_adjusted"], "ratio")
         add("steady", "matmul", "peak", S["steady"]["peak"], "FLOP/s")
     if "processes" in S:
         pr = S["processes"]
