@@ -412,11 +412,8 @@ def test_steady_section_tiny(tmp_path, monkeypatch):
         max(abs(x - med) for x in g["interval_ms_per_update"]) / med
     )
     assert g["peak_fraction"] == pytest.approx(g["flops_per_s"] / st["peak"])
-    ms, probes = g["interval_ms_per_update"], g["probe_flops_per_s"]  # one probe each
-    adjusted = [m * p / statistics.median(probes) for m, p in zip(ms, probes, strict=True)]
-    mid = statistics.median(adjusted)
-    assert len(probes) == 2 and min(probes) > 0
-    assert g["spread_host_adjusted"] == pytest.approx(max(abs(a - mid) for a in adjusted) / mid)
+    probes = g["probe_flops_per_s"]  # one after each interval
+    assert len(probes) == len(g["interval_ms_per_update"]) and min(probes) > 0
     assert st["peak"] == max(st["peaks"]) and st["load"] is True
     assert st["methods"]["gan --compile"]["flops_per_update"] == g["flops_per_update"] > 0
     md = (out / "perf.md").read_text()

@@ -42,7 +42,7 @@ Sections (each can be chosen with --sections):
               ms per update of each interval, the spread (largest distance of an
               interval from the median, over the median) and the update's FLOP/s as a
               fraction of the matmul peak measured in this section under the same load;
-              a matmul probe after each interval gives a host-adjusted spread beside it.
+              a matmul probe after each interval shows how much the host itself moved.
               Targets (issue 16): LBT >= 0.47 and GAN >= 0.45 of the peak; spread <= 15%.
 A selector ending in " --compile" (methods and steady sections; by default gan and lbt)
 is timed as `mcbench run --compile` trains it: the harness's Stepper running the
@@ -499,11 +499,12 @@ def measure_steady(
     """Each method's `updates` updates timed in intervals of `interval`, one method after
     another, with the matmul peak measured under the same conditions before and after.
 
-    After each interval a short matmul probe (`probe_size`, best of PROBE_REPS) measures
-    how fast the host is just then: on a shared machine it drifts by 10-20% within
-    minutes, for every program on it. Scaling each interval by its probe over the
-    probes' median gives a second spread, host-adjusted, which separates the update's
-    own variation from the host's; the target is on the raw spread."""
+    After each interval a short matmul probe (`probe_size`, best of PROBE_REPS, not
+    timed as update time) measures how fast the host was just then: on a shared machine
+    it moves by 10-25% within minutes, for every program on it, and its range says how
+    much of an update's spread the machine alone could explain. (Scaling each interval
+    by its probe was tried and does not take the drift out: the probe's own noise is as
+    large, and an update and a matmul slow down differently.)"""
     probe_size = min(PROBE_SIZE, peak_size)
     out: dict[str, Any] = {
         "updates": updates,
@@ -527,14 +528,11 @@ def measure_steady(
                 ms.append((now(device) - t0) / interval * 1e3)
                 probes.append(matmul_peak(device, probe_size, PROBE_REPS)["best"])
             med = median(ms)
-            mid = median(probes)
-            adjusted = [m * p / mid for m, p in zip(ms, probes, strict=True)]
             out["methods"][sel] = {
                 "interval_ms_per_update": ms,
                 "ms_median": med,
                 "spread": block_spread(ms),
                 "probe_flops_per_s": probes,
-                "spread_host_adjusted": block_spread(adjusted),
                 "flops_per_update": flops,
                 "flops_per_s": flops / (med / 1e3),
             }
@@ -547,11 +545,9 @@ def measure_steady(
 
 
 def _probes(v: dict[str, Any]) -> str:
-    """Probe range and host-adjusted spread (runs written before the probe: '-')."""
-    if "probe_flops_per_s" not in v:
-        return "- | -"
-    p = v["probe_flops_per_s"]
-    return f"{min(p) / 1e9:.0f}-{max(p) / 1e9:.0f} | {v['spread_host_adjusted'] * 100:.1f}%"
+    """The probes' range ('-' in runs written before the probe)."""
+    p = v.get("probe_flops_per_s")
+    return f"{min(p) / 1e9:.0f}-{max(p) / 1e9:.0f}" if p else "-"
 
 
 def _steady_md(st: dict[str, Any]) -> list[str]:
@@ -564,15 +560,13 @@ def _steady_md(st: dict[str, Any]) -> list[str]:
         f"the same conditions before and after: {st['peak'] / 1e9:.1f} GFLOP/s "
         f"({', '.join(f'{p / 1e9:.1f}' for p in st['peaks'])}). Freed memory kept in the "
         f"heap (mcbench.run.steady): {st['keep_freed_memory']}. Spread: the largest "
-        "distance of an interval from the median, over the median. Host probe: a "
-        f"{PROBE_SIZE}-wide matmul's GFLOP/s after each interval (how fast the machine "
-        "was just then); host-adjusted: the spread of the intervals each scaled by its "
-        "probe over the probes' median, which takes out the host's own drift (the "
-        "target is on the raw spread).",
+        "distance of an interval from the median, over the median. Host probe: the "
+        f"range of a {PROBE_SIZE}-wide matmul's GFLOP/s timed after each interval, how "
+        "much the machine itself moved over the same intervals.",
         "",
         "| method | ms per update (median) | intervals min-max | spread | target | "
-        "fraction of peak | target | host probe, GFLOP/s | spread, host-adjusted |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "fraction of peak | target | host probe, GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for k, v in st["methods"].items():
         ms = v["interval_ms_per_update"]
@@ -1129,8 +1123,9 @@ def rows_of(res: dict[str, Any]) -> list[dict[str, Any]]:
             add("steady", k, "ms_per_update", v["ms_median"], "ms")
             add("steady", k, "spread", v["spread"], "ratio")
             add("steady", k, "peak_fraction", v["peak_fraction"], "ratio")
-            if "spread_host_adjusted" in v:
-                add("steady", k, "spread_host_adjusted", v["spread_host_adjusted"], "ratio")
+            if "probe_flops_per_s" in v:
+                add("steady", k, "probe_min", min(v["probe_flops_per_s"]), "FLOP/s")
+                add("steady", k, "probe_max", max(v["probe_flops_per_s"]), "FLOP/s")
         add("steady", "matmul", "peak", S["steady"]["peak"], "FLOP/s")
     if "processes" in S:
         pr = S["processes"]
