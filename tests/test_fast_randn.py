@@ -1,7 +1,7 @@
 """`mcbench.run.fast_randn`: compiled updates draw torch.randn's numbers through an
-inlined copy of torch's own `normal_fill`. The routing and the check are tested with a
-stand-in for the C++ op; the real op is built (about 45 s) and checked bit for bit in
-the slow test."""
+inlined copy of the generator's mt19937 and torch's own Box-Muller (`NormalFill16`).
+The routing and the check are tested with a stand-in for the C++ op; the real op is
+built (about 45 s) and checked bit for bit in the slow test."""
 
 from __future__ import annotations
 
