@@ -65,31 +65,9 @@ class CompiledStep:
         self.method = method
         fu = method.functional_update()  # McbenchError where the method has none
         self.noise = fu.noise
-        nets, opts = method.modules(), method.optimizers()
-        self.params = {k: dict(nets[k].named_parameters()) for k in fu.optimized.values()}
-        self.moments: dict[str, tuple[dict, dict, list[torch.Tensor]]] = {}
-        for opt_name, net in fu.optimized.items():
-            opt = opts[opt_name]
-            for group in opt.param_groups:  # the first compiled update reads its state
-                for p in group["params"]:
-                    adam_state(opt, p, group)
-            named = self.params[net]
-            if {id(p) for g in opt.param_groups for p in g["params"]} != {
-                id(p) for p in named.values()
-            }:
-                raise McbenchError(
-                    f"method {method.name!r}: optimiser {opt_name!r} does not step exactly "
-                    f"the parameters of {net!r}, which --compile needs"
-                )
-            states = {k: opt.state[p] for k, p in named.items()}
-            self.moments[opt_name] = (
-                {k: st["exp_avg"] for k, st in states.items()},
-                {k: st["exp_avg_sq"] for k, st in states.items()},
-                [st["step"] for st in states.values()],
-            )
+        self.live = _live(method, fu.optimized)
         backend = BACKEND if backend is None else backend
         self.fn: Callable = in_place(fu.update)
-        self.live = self._live()
         self._compiled_for: tuple | None = None
         self.rewrites = backend == "inductor"  # TorchInductor: mcbench.run.passes applies
         self.draws: Any = contextlib.nullcontext()
@@ -104,18 +82,6 @@ class CompiledStep:
             self.fn = torch.compile(
                 self.fn, backend=backend, fullgraph=True, dynamic=False, options=options
             )
-
-    def _live(self) -> Live:
-        """The live weights, Adam moments and step counts the update reads and writes:
-        detached views of the nets' parameters and the optimisers' own state tensors
-        (each optimiser's first step count stands for all of them; the rest are only
-        written). Made once: training writes into these tensors, it never replaces them."""
-        params = {k: {n: p.detach() for n, p in v.items()} for k, v in self.params.items()}
-        moments = {
-            k: {"step": steps[0], "exp_avg": m, "exp_avg_sq": v}
-            for k, (m, v, steps) in self.moments.items()
-        }
-        return params, moments, {k: steps[1:] for k, (_, _, steps) in self.moments.items()}
 
     def prepare(self, real: torch.Tensor) -> float:
         """Compile now, on copies of the state and noise drawn with every stream put
@@ -156,6 +122,38 @@ class CompiledStep:
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=same),
         ):
             return self.fn(self.live, real, noise)
+
+
+def _live(method: Any, optimized: dict[str, str]) -> Live:
+    """The live weights, Adam moments and step counts the update reads and writes:
+    detached views of the nets' parameters and the optimisers' own state tensors
+    (each optimiser's first step count stands for all of them; the rest are only
+    written). Made once: training writes into these tensors, it never replaces them."""
+    nets, opts = method.modules(), method.optimizers()
+    params, moments, more_steps = {}, {}, {}
+    for opt_name, net in optimized.items():
+        opt = opts[opt_name]
+        for group in opt.param_groups:  # the first compiled update reads its state
+            for p in group["params"]:
+                adam_state(opt, p, group)
+        named = dict(nets[net].named_parameters())
+        if {id(p) for g in opt.param_groups for p in g["params"]} != {
+            id(p) for p in named.values()
+        }:
+            raise McbenchError(
+                f"method {method.name!r}: optimiser {opt_name!r} does not step exactly "
+                f"the parameters of {net!r}, which --compile needs"
+            )
+        states = {k: opt.state[p] for k, p in named.items()}
+        steps = [st["step"] for st in states.values()]
+        params[net] = {k: p.detach() for k, p in named.items()}
+        moments[opt_name] = {
+            "step": steps[0],
+            "exp_avg": {k: st["exp_avg"] for k, st in states.items()},
+            "exp_avg_sq": {k: st["exp_avg_sq"] for k, st in states.items()},
+        }
+        more_steps[opt_name] = steps[1:]
+    return params, moments, more_steps
 
 
 def in_place(update: Callable) -> Callable:

@@ -35,7 +35,6 @@ SOURCE = r"""
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/native/cpu/DistributionTemplates.h>
 #include <torch/library.h>
-#include <vector>
 
 namespace {
 constexpr int N = 624, M = 397;  // at::mt19937 (ATen/core/MT19937RNGEngine.h)
